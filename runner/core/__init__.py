@@ -1,0 +1,1 @@
+"""Run context, registry, config schemas and validation, seeding, logging, checkpoints, reports."""

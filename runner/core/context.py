@@ -1,0 +1,187 @@
+"""The run context: everything a method needs from the runner, in one object.
+
+``RunContext.open(cfg, run_dir)`` seeds every RNG, prepares the run directory (refusing to mix runs),
+opens the metric loggers and the checkpointer. A method receives it as ``run(cfg, ctx)`` and returns its
+final results; ``ctx.finish(results)`` writes ``results.json`` and ``summary.md``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+from runner.core import report
+from runner.core.checkpoint import Checkpointer
+from runner.core.errors import ConfigError
+from runner.core.logging import JsonlLogger, MetricLogger
+from runner.core.seeding import seed_everything
+
+CONFIG_FILE = "run_config.yaml"
+_IGNORED_ON_RESUME = ("run.resume", "run.dir", "run.progress")
+
+
+def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
+    fa, fb = report.flatten(a), report.flatten(b)
+    return sorted(k for k in set(fa) | set(fb) if fa.get(k) != fb.get(k) and not k.startswith(_IGNORED_ON_RESUME))
+
+
+class RunContext:
+    """Run directory, seeded RNGs, metric loggers, checkpointer, progress bars and plots of one run."""
+
+    def __init__(self, cfg: DictConfig, run_dir: Path, resumed: bool, loggers: list[MetricLogger]):
+        self.cfg = cfg
+        self.dir = Path(run_dir)
+        self.seed: int = int(cfg.seed)
+        self.resumed = resumed
+        self._loggers = loggers
+        self.metrics_path = self.dir / "metrics.jsonl"
+        self.checkpoints = Checkpointer(self.dir / "checkpoints", keep=cfg.run.checkpoint_keep,
+                                        metrics_path=self.metrics_path)
+        self.plots: list[Path] = []
+        self._t0 = time.time()
+
+    # ----------------------------------------------------------------- lifecycle
+    @classmethod
+    def open(cls, cfg: DictConfig, run_dir: Path | str) -> RunContext:
+        """Prepare ``run_dir`` for ``cfg``: a new run, or a resumed one if it holds this config's checkpoints."""
+        run_dir = Path(run_dir)
+        run_dir.mkdir(parents=True, exist_ok=True)
+        plain = OmegaConf.to_container(cfg, resolve=True)
+        resumed = check_resumable(cfg, run_dir)
+        if not resumed:
+            OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+        _set_threads(cfg)
+        seed_everything(int(cfg.seed))
+        loggers: list[MetricLogger] = [JsonlLogger(run_dir / "metrics.jsonl")]
+        loggers += _open_backends(cfg, run_dir, plain)
+        return cls(cfg, run_dir, resumed, loggers)
+
+    def finish(self, results: Mapping[str, Any], notes: str = "") -> dict[str, Any]:
+        """Write ``results.json`` and ``summary.md``; close the loggers. Returns what was written."""
+        out = dict(results)
+        out.setdefault("run", {})
+        out["run"] = {**out["run"], "name": self.cfg.run.name, "seed": self.seed, "dir": str(self.dir),
+                      "resumed": self.resumed, "wall_seconds": round(time.time() - self._t0, 3)}
+        report.write_json(self.dir / "results.json", out)
+        choices = {g: self.cfg[g].name for g in ("algorithm", "model", "dataset", "hardware", "privacy")}
+        choices["seed"] = self.seed
+        report.write_summary(self.dir / "summary.md", f"Run {self.cfg.run.name}", results, choices,
+                             self.plots, notes)
+        self.close()
+        return out
+
+    def close(self) -> None:
+        for logger in self._loggers:
+            logger.close()
+        self._loggers = []
+
+    # ----------------------------------------------------------------- metrics
+    def log(self, metrics: Mapping[str, float], step: int, stage: str | None = None) -> None:
+        """Log one step's metrics to every selected logger (jsonl always)."""
+        for logger in self._loggers:
+            logger.log(metrics, step, stage)
+
+    def metrics(self, stage: str | None = None) -> list[dict[str, Any]]:
+        """The records logged so far (optionally of one stage), read back from ``metrics.jsonl``."""
+        records = JsonlLogger.read(self.metrics_path)
+        return [r for r in records if stage is None or r.get("stage") == stage]
+
+    # ----------------------------------------------------------------- checkpoints
+    def restore(self, stage: str) -> dict[str, Any] | None:
+        """The newest checkpoint state of ``stage`` (rewinding ``metrics.jsonl`` to it), or None."""
+        ckpt = self.checkpoints.load(stage)
+        if ckpt is None:
+            return None
+        JsonlLogger.truncate(self.metrics_path, ckpt["n_metric_records"])
+        return ckpt["state"]
+
+    def save(self, stage: str, step: int, state: dict[str, Any]) -> Path:
+        return self.checkpoints.save(stage, step, state)
+
+    # ----------------------------------------------------------------- output helpers
+    def path(self, *parts: str) -> Path:
+        """A path inside the run directory (parents created)."""
+        p = self.dir.joinpath(*parts)
+        p.parent.mkdir(parents=True, exist_ok=True)
+        return p
+
+    def progress(self, iterable: Iterable | None = None, *, total: int | None = None, desc: str = "",
+                 initial: int = 0, leave: bool = False):
+        """A tqdm progress bar (disabled with ``run.progress=false``)."""
+        from tqdm.auto import tqdm
+
+        return tqdm(iterable, total=total, desc=desc, initial=initial, leave=leave, mininterval=1.0,
+                    disable=not self.cfg.run.progress, dynamic_ncols=True)
+
+    def plot(self, name: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
+             ylabel: str, title: str | None = None, **kw: Any) -> Path:
+        """Save a PNG ``<run dir>/<name>.png`` with one curve per series; listed in ``summary.md``."""
+        p = report.plot_curves(self.path(f"{name}.png"), series, xlabel, ylabel, title, **kw)
+        if p not in self.plots:
+            self.plots.append(p)
+        return p
+
+    def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        return report.write_json(self.path(name), data)
+
+    def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+        p = self.path(name)
+        with p.open("w", encoding="utf-8") as f:
+            for row in rows:
+                f.write(json.dumps(report._clean(row)) + "\n")
+        return p
+
+    @property
+    def device(self):
+        import torch
+
+        want = self.cfg.hardware.device
+        if want == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(want)
+
+
+def check_resumable(cfg: DictConfig, run_dir: Path) -> bool:
+    """True if ``run_dir`` holds a run of this same config (to resume); ConfigError if it holds another."""
+    saved_cfg = Path(run_dir) / CONFIG_FILE
+    if not saved_cfg.exists():
+        return False
+    if cfg.run.resume == "never":
+        raise ConfigError(f"run directory {run_dir} already holds a run and run.resume=never")
+    before = OmegaConf.to_container(OmegaConf.load(saved_cfg), resolve=True)
+    diff = _config_diff(before, OmegaConf.to_container(cfg, resolve=True))
+    if diff:
+        raise ConfigError(
+            f"run directory {run_dir} holds a run with a different config ({', '.join(diff[:5])}); "
+            "resume it with the same config or choose a new run.dir"
+        )
+    return True
+
+
+def _set_threads(cfg: DictConfig) -> None:
+    n = cfg.hardware.get("num_threads")
+    if n:
+        import torch
+
+        torch.set_num_threads(int(n))
+        os.environ.setdefault("OMP_NUM_THREADS", str(n))
+
+
+def _open_backends(cfg: DictConfig, run_dir: Path, plain: dict[str, Any]) -> list[MetricLogger]:
+    from runner.core import registry
+
+    out: list[MetricLogger] = []
+    for backend in cfg.logger.backends:
+        cls = registry.get("logger", backend)
+        if backend == "wandb":
+            w = cfg.logger.wandb
+            out.append(cls(run_dir, plain, w.project, w.entity, w.mode, list(w.tags), cfg.run.name))
+        else:
+            out.append(cls(run_dir))
+    return out

@@ -1,0 +1,1 @@
+"""Model builders: tiny offline LMs from config, HF models by id or local path, and their tokenizers."""

@@ -1,0 +1,16 @@
+#!/usr/bin/env bash
+# Create (or refresh) the project's virtual environment in .venv. Idempotent: does nothing when
+# .venv already matches pyproject.toml. torch==2.13.0 (CPU wheel) is installed first so that pip never
+# pulls a multi-GB CUDA build; GPU users install their own torch and then `pip install -e '.[gpu]'`.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+PY=${PYTHON:-python3}
+stamp=.venv/.runner-env-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [[ -x .venv/bin/python && -f $stamp && "$(cat $stamp)" == "$want" ]]; then
+  exit 0
+fi
+[[ -x .venv/bin/python ]] || "$PY" -m venv .venv
+.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
+.venv/bin/python -m pip install -q -e ".[dev]"
+echo "$want" > "$stamp"

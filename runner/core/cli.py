@@ -116,8 +116,14 @@ class _open_struct:
 
 
 def compose_recipe(recipe: str, overrides: Sequence[str] = ()) -> DictConfig:
-    """The validated config of ``+recipe=NAME overrides`` (for tests and notebooks)."""
-    return prepare(compose([f"+recipe={recipe}", *overrides]))
+    """The validated config of ``+recipe=NAME overrides`` (for tests and notebooks); ConfigError if bad."""
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        return _compose_job([f"+recipe={recipe}", *overrides])
+    except (HydraException, OmegaConfBaseException) as e:
+        raise ConfigError(one_line(e)) from e
 
 
 # --------------------------------------------------------------------------- running
@@ -194,6 +200,28 @@ def one_line(e: BaseException) -> str:
     return "; ".join(lines) or type(e).__name__
 
 
+def _compose_job(job: list[str]) -> DictConfig:
+    """Compose and validate one job. An override of a key the config lacks is retried as an addition,
+    so the schema (not Hydra's struct check) reports it, naming the allowed keys."""
+    from hydra.errors import ConfigCompositionException
+
+    try:
+        return prepare(compose(job))
+    except ConfigCompositionException as e:
+        m = re.match(r"Could not override '([^']+)'", str(e))
+        if not m or "To append" not in str(e):
+            raise
+        key = m.group(1)
+        retry = [f"+{o}" if o.split("=")[0] == key else o for o in job]
+        try:
+            prepare(compose(retry))
+        except ConfigError:
+            raise
+        except Exception:
+            raise e from None
+        raise
+
+
 def preflight(argv: Sequence[str]) -> None:
     """Compose and validate every job described by ``argv``; exit 2 with one line on the first bad one."""
     if any(a.split("=")[0] in _SKIP_PREFLIGHT for a in argv):
@@ -202,9 +230,8 @@ def preflight(argv: Sequence[str]) -> None:
     overrides = [a for a in argv if not a.startswith("-")]
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     try:
-        jobs = _expand_jobs(user, multirun)
-        for job in jobs:
-            cfg = prepare(compose(job))
+        for job in _expand_jobs(user, multirun):
+            cfg = _compose_job(job)
             if cfg.run.dir:
                 from runner.core.context import check_resumable
 
@@ -231,9 +258,18 @@ def fail(message: str) -> None:
     sys.exit(2)
 
 
+def _quiet_libraries() -> None:
+    """Silence import-time noise of optional libraries (torchao's CUDA-only kernels on CPU machines)."""
+    import logging
+
+    for name in ("torchao", "torch.utils._pytree"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import hydra
 
+    _quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     register()
     preflight(argv)

@@ -217,12 +217,18 @@ def _check_choice(cfg: DictConfig, group: str, key: str) -> None:
         raise ConfigError(f"bad value for {group}.{key}: '{value}' (allowed: {', '.join(allowed)})")
 
 
-def validate(cfg: DictConfig) -> DictConfig:
-    """Bind schemas, resolve interpolations, check missing values and cross-field rules; return the config."""
-    bound = bind_schemas(cfg)
-    missing = sorted(OmegaConf.missing_keys(bound))
+def _check_missing(cfg: DictConfig) -> None:
+    """Values left as ``???`` (OmegaConf's MISSING) must be set before anything runs."""
+    missing = sorted(k for k in OmegaConf.missing_keys(cfg) if not k.startswith("hydra"))
     if missing:
         raise ConfigError(f"missing required value for {missing[0]} (set it on the command line: {missing[0]}=VALUE)")
+
+
+def validate(cfg: DictConfig) -> DictConfig:
+    """Bind schemas, resolve interpolations, check missing values and cross-field rules; return the config."""
+    _check_missing(cfg)
+    bound = bind_schemas(cfg)
+    _check_missing(bound)
     try:
         OmegaConf.resolve(bound)
     except OmegaConfBaseException as e:

@@ -211,6 +211,8 @@ def available_recipes() -> list[str]:
 
 
 def _check_choice(cfg: DictConfig, group: str, key: str) -> None:
+    if key not in cfg[group]:  # a registered schema of this group may not have the key
+        return
     value = cfg[group][key]
     allowed = _CHOICES[(group, key)]
     if value not in allowed:

@@ -1,0 +1,9 @@
+"""Federated learning: event-driven simulator, clients, server modes (FedAvg/FedAvgM, FedAsync, FedBuff), backends.
+
+- ``population``: device profiles, availability and durations derived from (seed, client id);
+- ``client``: local SGD, one by one or vectorised with ``torch.func.vmap``;
+- ``simulator``: the virtual clock and event loop;
+- ``aggregators``: staleness weights, server optimisers and the server modes;
+- ``backends``: client training in this process or on Ray (``dist`` extra);
+- ``recipes``: the ``fedbuff`` and ``papaya`` comparisons.
+"""

@@ -1,0 +1,159 @@
+"""Client training: local SGD on the client's shard, one by one or many clients in one vectorised call.
+
+A client's work is fixed by ``(seed, client id, draw)``: its shard, and a *plan* of minibatch indices
+(``local_steps`` batches drawn without replacement, or ``local_epochs`` shuffled passes). Both paths
+follow the same plan, so ``train_many`` (``torch.func.vmap`` over stacked parameters, with masks for
+uneven shards and step counts) gives the same update Δ = x_local - x_start as ``train_one`` (a plain
+``nn.Module`` + ``torch.optim.SGD`` loop).
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.func import functional_call, grad, vmap
+from torch.nn.utils.rnn import pad_sequence
+
+from runner.core.seeding import derive_seed
+from runner.data.federated import FederatedData
+
+
+@dataclass
+class TrainPlan:
+    """One client's local work: shard (x, y) and, per step, minibatch indices with a validity mask."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+    idx: torch.Tensor  # [steps, batch] indices into the shard
+    mask: torch.Tensor  # [steps, batch] 1 for real examples, 0 for padding
+
+    @property
+    def examples(self) -> int:
+        """Examples processed (the client's compute work)."""
+        return int(self.mask.sum())
+
+
+def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
+    """Zero-pad a 2-D tensor to [rows, cols] (no copy when it already fits)."""
+    if t.shape == (rows, cols):
+        return t
+    return F.pad(t, (0, cols - t.shape[1], 0, rows - t.shape[0]))
+
+
+class ParamSpace:
+    """Flat-vector view of a module's parameters (the simulator keeps models as 1-D float32 tensors)."""
+
+    def __init__(self, model: nn.Module):
+        self.names = [n for n, _ in model.named_parameters()]
+        self.shapes = [p.shape for _, p in model.named_parameters()]
+        self.numels = [p.numel() for _, p in model.named_parameters()]
+        self.size = sum(self.numels)
+
+    def flatten(self, model: nn.Module) -> torch.Tensor:
+        return torch.cat([p.detach().reshape(-1) for p in model.parameters()]).clone()
+
+    def unflatten(self, flat: torch.Tensor) -> dict[str, torch.Tensor]:
+        """``flat`` of shape [..., P] → {name: [..., *shape]} (views)."""
+        lead = flat.shape[:-1]
+        out, o = {}, 0
+        for name, shape, n in zip(self.names, self.shapes, self.numels):
+            out[name] = flat[..., o:o + n].reshape(*lead, *shape)
+            o += n
+        return out
+
+
+class LocalTrainer:
+    """Local SGD for a population: plans, the one-by-one reference and the vectorised path."""
+
+    def __init__(self, model: nn.Module, data: FederatedData, cfg: Any, seed: int):
+        self.model, self.data, self.cfg, self.seed = model, data, cfg, seed
+        self.space = ParamSpace(model)
+        self.batch_size, self.local_steps = int(cfg.batch_size), int(cfg.local_steps)
+        self.local_epochs, self.lr = (int(cfg.local_epochs) if cfg.local_epochs else None), float(cfg.lr)
+        self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
+
+    # ------------------------------------------------------------------ the client's plan
+    def plan(self, cid: int, draw: int) -> TrainPlan:
+        """Minibatches of client ``cid``'s ``draw``-th participation, from ``derive_seed(seed, cid, draw)``."""
+        x, y = self.data.client_shard(cid)
+        n, b = len(y), self.batch_size
+        rng = np.random.default_rng(derive_seed(self.seed, "local-sgd", cid, draw))
+        if self.local_epochs:
+            batches = []
+            for _ in range(self.local_epochs):
+                perm = rng.permutation(n)
+                batches += [perm[i:i + b] for i in range(0, n, b)]
+            width = max(len(bt) for bt in batches)
+            idx = np.zeros((len(batches), width), np.int64)
+            mask = np.zeros((len(batches), width), np.float32)
+            for s, bt in enumerate(batches):
+                idx[s, :len(bt)] = bt
+                mask[s, :len(bt)] = 1.0
+        else:  # each step: min(b, n) distinct examples (the first columns of a random permutation per step)
+            idx = np.argsort(rng.random((self.local_steps, n)), axis=1)[:, :b].astype(np.int64)
+            mask = np.ones(idx.shape, np.float32)
+        return TrainPlan(x, y, torch.from_numpy(idx), torch.from_numpy(mask))
+
+    # ------------------------------------------------------------------ one by one (reference)
+    def train_one(self, x0: torch.Tensor, plan: TrainPlan) -> torch.Tensor:
+        """Δ of one client: SGD with ``torch.optim.SGD`` on a copy of the model, following ``plan``."""
+        model = copy.deepcopy(self.model)
+        torch.nn.utils.vector_to_parameters(x0.clone(), model.parameters())
+        opt = torch.optim.SGD(model.parameters(), lr=self.lr)
+        for idx, mask in zip(plan.idx, plan.mask):
+            rows = idx[mask.bool()]
+            loss = F.cross_entropy(model(plan.x[rows]), plan.y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        return self.space.flatten(model) - x0
+
+    # ------------------------------------------------------------------ vectorised
+    def _loss(self, params: dict[str, torch.Tensor], xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor):
+        logits = functional_call(self.model, params, (xb,))
+        ce = F.cross_entropy(logits, yb, reduction="none")
+        return (ce * mb).sum() / mb.sum().clamp_min(1.0)
+
+    def train_many(self, x0s: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        """Δ of ``len(plans)`` clients at once: vmapped per-client gradients on stacked parameters [n, P]."""
+        n = len(plans)
+        xs = pad_sequence([p.x for p in plans], batch_first=True)  # [n, rows, *input]
+        ys = pad_sequence([p.y for p in plans], batch_first=True)
+        steps = max(p.idx.shape[0] for p in plans)
+        width = max(p.idx.shape[1] for p in plans)
+        idx = torch.stack([_pad2(p.idx, steps, width) for p in plans])  # [n, steps, width]
+        mask = torch.stack([_pad2(p.mask, steps, width) for p in plans])
+        ar = torch.arange(n)[:, None]
+        flat = x0s.clone()
+        lr = self.lr
+        for s in range(steps):
+            ix = idx[:, s]
+            g = self._grad(self.space.unflatten(flat), xs[ar, ix], ys[ar, ix], mask[:, s])
+            flat = flat - lr * torch.cat([g[name].reshape(n, -1) for name in self.space.names], dim=1)
+        return flat - x0s
+
+    def train(self, x0s: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        """Δ for each plan, vectorised in chunks of ``max_batch`` if ``cfg.vectorize`` else one by one."""
+        if not self.cfg.vectorize:
+            return torch.stack([self.train_one(x0, p) for x0, p in zip(x0s, plans)])
+        m = self.cfg.max_batch
+        return torch.cat([self.train_many(x0s[i:i + m], plans[i:i + m]) for i in range(0, len(plans), m)])
+
+    # ------------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self, flat: torch.Tensor, x: torch.Tensor, y: torch.Tensor, batch: int = 1024) -> dict[str, float]:
+        """Accuracy and mean cross-entropy of the global model ``flat`` on (x, y)."""
+        params = self.space.unflatten(flat)
+        correct, loss = 0, 0.0
+        for i in range(0, len(y), batch):
+            logits = functional_call(self.model, params, (x[i:i + batch],))
+            loss += F.cross_entropy(logits, y[i:i + batch], reduction="sum").item()
+            correct += int((logits.argmax(-1) == y[i:i + batch]).sum())
+        return {"accuracy": correct / len(y), "loss": loss / len(y)}

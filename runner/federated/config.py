@@ -1,0 +1,172 @@
+"""Config schemas of the federated simulator: client training, device clock, faults, backend, server modes.
+
+The algorithm schemas (``fedbuff``, ``papaya``) compose these; their fields are exactly the keys of
+``conf/algorithm/fedbuff.yaml`` / ``papaya.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import DictConfig
+
+from runner.core.errors import ConfigError
+
+
+@dataclass
+class ClientConfig:
+    """Local SGD on the client's shard: ``local_steps`` minibatch steps, or ``local_epochs`` passes if set."""
+
+    local_steps: int = 5
+    local_epochs: int | None = None
+    batch_size: int = 16
+    lr: float = 0.1
+    vectorize: bool = True  # train many clients at once with torch.func.vmap (same updates as one by one)
+    max_batch: int = 256  # most clients trained in one vectorised call
+
+
+@dataclass
+class ClockConfig:
+    """Device durations and availability (all times in simulated seconds).
+
+    Duration = compute (examples processed × the device's seconds per example, lognormal across devices)
+    + network (bytes down + up / the device's bandwidth, lognormal). Availability is diurnal: a device is
+    online for ``window_hours`` (uniform in the range) each day, starting at a phase uniform over the day.
+    A client drops out if its window closes mid-training or at an exponential time with ``dropout_rate``.
+    """
+
+    seconds_per_example: float = 1.0  # median across devices
+    speed_sigma: float = 1.0  # lognormal σ of seconds per example (heavy tail of stragglers)
+    bandwidth: float = 1.0e6  # median bytes per second
+    bandwidth_sigma: float = 0.5
+    window_hours: list[float] = field(default_factory=lambda: [24.0, 24.0])  # [min, max]; 24 = always online
+    dropout_rate: float = 0.0  # per simulated second of training
+
+
+@dataclass
+class FaultConfig:
+    """Update validation, and injected faults to exercise it."""
+
+    max_update_norm: float = 1.0e3  # updates with a larger L2 norm (or any NaN/inf) are rejected
+    nan_rate: float = 0.0  # fraction of clients that upload NaNs
+    blowup_rate: float = 0.0  # fraction of clients that upload their update × 1e6
+
+
+@dataclass
+class BackendConfig:
+    """Where client training runs: ``local`` (this process) or ``ray`` (a Ray cluster, the ``dist`` extra)."""
+
+    name: str = "local"
+    clients_per_task: int = 64  # clients per vectorised call / Ray task (same chunks on both backends)
+    num_workers: int = 2  # ray actors
+    address: str | None = None  # ray cluster address; null starts a local Ray
+
+
+@dataclass
+class ServerConfig:
+    """One server mode. ``fedavg``: synchronous rounds (FedAvgM with optimizer=momentum); ``fedasync``:
+    each update mixed in with weight mixing·s(τ); ``fedbuff``: buffer of K staleness-weighted updates."""
+
+    mode: str = "fedbuff"  # fedavg | fedasync | fedbuff
+    concurrency: int | None = None  # clients training at once (fedavg: clients selected per round); null = run's
+    buffer_size: int = 10  # fedbuff K
+    over_selection: float = 0.3  # fedavg: a round selects C clients and closes after C/(1+over_selection) reports
+    round_timeout: float | None = None  # fedavg: close a round after this many seconds with what has arrived
+    weighting: str = "uniform"  # uniform | examples (FedAvg's n_k weights)
+    staleness: str = "polynomial"  # constant | polynomial (1+τ)^-a | hinge | exponential e^{-aτ}
+    staleness_a: float = 0.5
+    staleness_b: float = 4.0  # hinge: weight 1 up to τ = b, then 1/(a(τ-b)+1)
+    max_staleness: int | None = None  # async: updates staler than this are discarded
+    mixing: float = 0.5  # fedasync α
+    optimizer: str = "sgd"  # sgd | momentum | adam (server step on the pseudo-gradient -Δ̄)
+    lr: float = 1.0
+    momentum: float = 0.9
+    betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
+    eps: float = 1.0e-8
+
+
+@dataclass
+class SimulationConfig:
+    """What every federated comparison shares: population clock, client training, faults, budget, metrics."""
+
+    concurrency: int = 50
+    target_accuracy: float = 0.85
+    max_client_updates: int = 3000  # per algorithm: stop after this many uploads reach the server
+    max_sim_time: float | None = None  # per algorithm: stop at this simulated time (seconds)
+    stop_at_target: bool = False  # stop an algorithm once it reaches target_accuracy
+    eval_every_updates: int = 50  # evaluate after the first server step following this many uploads
+    client: ClientConfig = field(default_factory=ClientConfig)
+    clock: ClockConfig = field(default_factory=ClockConfig)
+    faults: FaultConfig = field(default_factory=FaultConfig)
+    backend: BackendConfig = field(default_factory=BackendConfig)
+
+
+_MODES = ("fedavg", "fedasync", "fedbuff")
+_STALENESS = ("constant", "polynomial", "hinge", "exponential")
+_OPTIMIZERS = ("sgd", "momentum", "adam")
+
+
+def check_server(s: Any, key: str) -> None:
+    """Field-by-field checks of one :class:`ServerConfig` found at ``key``."""
+    for name, value, allowed in (("mode", s.mode, _MODES), ("staleness", s.staleness, _STALENESS),
+                                 ("optimizer", s.optimizer, _OPTIMIZERS), ("weighting", s.weighting,
+                                                                          ("uniform", "examples"))):
+        if value not in allowed:
+            raise ConfigError(f"{key}.{name}='{value}' must be one of {', '.join(allowed)}")
+    if s.concurrency is not None and s.concurrency < 1:
+        raise ConfigError(f"{key}.concurrency={s.concurrency} must be >= 1")
+    if s.buffer_size < 1:
+        raise ConfigError(f"{key}.buffer_size={s.buffer_size} must be >= 1")
+    if s.over_selection < 0:
+        raise ConfigError(f"{key}.over_selection={s.over_selection} must be >= 0")
+    if not 0 < s.mixing <= 1:
+        raise ConfigError(f"{key}.mixing={s.mixing} must be in (0, 1]")
+    if s.lr <= 0 or not 0 <= s.momentum < 1:
+        raise ConfigError(f"{key}.lr={s.lr} must be > 0 and {key}.momentum={s.momentum} in [0, 1)")
+    if s.staleness_a < 0 or s.staleness_b < 0:
+        raise ConfigError(f"{key}.staleness_a/staleness_b must be >= 0")
+    if s.max_staleness is not None and s.max_staleness < 0:
+        raise ConfigError(f"{key}.max_staleness={s.max_staleness} must be >= 0")
+    if len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas):
+        raise ConfigError(f"{key}.betas={list(s.betas)} must be two values in [0, 1)")
+
+
+def check_simulation(cfg: DictConfig) -> None:
+    """Checks shared by every federated algorithm config, and the dataset/model groups they need."""
+    from runner.data.federated import FederatedDatasetConfig
+    from runner.federated.models import FLModelConfig
+
+    a = cfg.algorithm
+    if not hasattr(cfg.dataset, "kind"):
+        raise ConfigError(f"dataset={cfg.dataset.name} is not a federated dataset (use dataset=fl_digits, ...)")
+    if not hasattr(cfg.model, "arch"):
+        raise ConfigError(f"model={cfg.model.name} is not a federated model (use model=fl_mlp, ...)")
+    FederatedDatasetConfig.check(cfg.dataset)
+    FLModelConfig.check(cfg.model)
+    for key in ("concurrency", "max_client_updates", "eval_every_updates"):
+        if a[key] < 1:
+            raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
+    if not 0 < a.target_accuracy <= 1:
+        raise ConfigError(f"algorithm.target_accuracy={a.target_accuracy} must be in (0, 1]")
+    c = a.client
+    if c.local_steps < 1 or c.batch_size < 1 or c.lr <= 0 or c.max_batch < 1:
+        raise ConfigError("algorithm.client.local_steps, batch_size, max_batch must be >= 1 and lr > 0")
+    if c.local_epochs is not None and c.local_epochs < 1:
+        raise ConfigError(f"algorithm.client.local_epochs={c.local_epochs} must be >= 1 or null")
+    k = a.clock
+    lo, hi = (list(k.window_hours) + [None, None])[:2]
+    if lo is None or hi is None or not 0 < lo <= hi <= 24:
+        raise ConfigError(f"algorithm.clock.window_hours={list(k.window_hours)} must be [min, max], "
+                          "0 < min <= max <= 24")
+    if k.seconds_per_example <= 0 or k.bandwidth <= 0 or k.speed_sigma < 0 or k.bandwidth_sigma < 0:
+        raise ConfigError("algorithm.clock: seconds_per_example and bandwidth must be > 0, sigmas >= 0")
+    if k.dropout_rate < 0:
+        raise ConfigError(f"algorithm.clock.dropout_rate={k.dropout_rate} must be >= 0")
+    f = a.faults
+    if f.max_update_norm <= 0 or not (0 <= f.nan_rate and 0 <= f.blowup_rate and f.nan_rate + f.blowup_rate <= 1):
+        raise ConfigError("algorithm.faults: max_update_norm must be > 0 and nan_rate + blowup_rate in [0, 1]")
+    if a.backend.name not in ("local", "ray"):
+        raise ConfigError(f"algorithm.backend.name='{a.backend.name}' must be local or ray")
+    if a.backend.clients_per_task < 1 or a.backend.num_workers < 1:
+        raise ConfigError("algorithm.backend.clients_per_task and num_workers must be >= 1")

@@ -1,0 +1,202 @@
+"""The ``fedbuff`` and ``papaya`` recipes: server modes compared on one population and one clock.
+
+``fedbuff``: FedBuff vs FedAvgM vs FedAsync (FedBuff paper, Nguyen et al. 2022) at one concurrency.
+``papaya``: synchronous (FedAvgM with over-selection) vs asynchronous (FedBuff) training at several
+concurrency levels on a large population (Papaya, Huba et al. 2022), with the ratios sync / async of
+time and bytes to the target accuracy.
+
+Every algorithm runs on the same population, device profiles, seed and client-selection stream, for the
+same budget of client updates; each is a stage marked done when it finishes, so a resumed run skips it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from runner.core.context import RunContext
+from runner.core.errors import ConfigError
+from runner.federated.aggregators import make_server
+from runner.federated.backends import TrainerSpec, build_trainer, make_backend
+from runner.federated.config import ServerConfig, SimulationConfig, check_server, check_simulation
+from runner.federated.population import Population
+from runner.federated.simulator import SimulationResult, Simulator
+
+
+@dataclass
+class FedBuffConfig(SimulationConfig):
+    """FedBuff vs its baselines; ``servers`` maps a label to a server mode (the YAML lists all of them)."""
+
+    name: str = "fedbuff"
+    servers: dict[str, ServerConfig] = field(default_factory=dict)
+
+    @staticmethod
+    def validate(cfg: DictConfig) -> None:
+        check_simulation(cfg)
+        if not cfg.algorithm.servers:
+            raise ConfigError("algorithm.servers is empty: name at least one server mode to run")
+        for label, s in cfg.algorithm.servers.items():
+            check_server(s, f"algorithm.servers.{label}")
+
+
+@dataclass
+class PapayaConfig(SimulationConfig):
+    """Sync vs async at each of ``concurrency_levels``; ``buffer_sizes`` (one per level) sets FedBuff's K."""
+
+    name: str = "papaya"
+    concurrency_levels: list[int] = field(default_factory=lambda: [10, 100, 1000])
+    buffer_sizes: list[int] = field(default_factory=list)  # empty: async_server.buffer_size at every level
+    sync_server: ServerConfig = field(default_factory=lambda: ServerConfig(mode="fedavg", optimizer="momentum"))
+    async_server: ServerConfig = field(default_factory=ServerConfig)
+
+    @staticmethod
+    def validate(cfg: DictConfig) -> None:
+        check_simulation(cfg)
+        a = cfg.algorithm
+        if not a.concurrency_levels or any(c < 1 for c in a.concurrency_levels):
+            raise ConfigError(f"algorithm.concurrency_levels={list(a.concurrency_levels)} must be positive integers")
+        if a.buffer_sizes and len(a.buffer_sizes) != len(a.concurrency_levels):
+            raise ConfigError(f"algorithm.buffer_sizes={list(a.buffer_sizes)} must have one entry per "
+                              "concurrency level")
+        check_server(a.sync_server, "algorithm.sync_server")
+        check_server(a.async_server, "algorithm.async_server")
+        if a.sync_server.mode != "fedavg" or a.async_server.mode == "fedavg":
+            raise ConfigError("algorithm.sync_server.mode must be fedavg and algorithm.async_server.mode async")
+
+
+# --------------------------------------------------------------------------- one simulation
+class Experiment:
+    """The shared pieces of a comparison: data, model, trainer, backend, population, test set."""
+
+    def __init__(self, cfg: DictConfig, ctx: RunContext):
+        self.cfg, self.ctx = cfg, ctx
+        a = cfg.algorithm
+        spec = TrainerSpec(OmegaConf.to_container(cfg.dataset, resolve=True),
+                           OmegaConf.to_container(cfg.model, resolve=True),
+                           OmegaConf.to_container(a.client, resolve=True), ctx.seed)
+        self.trainer = build_trainer(spec)
+        self.backend = make_backend(a.backend, self.trainer, spec)
+        self.x0 = self.trainer.space.flatten(self.trainer.model)
+        self.population = Population(self.trainer.data.num_clients, a.clock, ctx.seed)
+        self.x_test, self.y_test = self.trainer.data.test_set()
+
+    def evaluate(self, x: torch.Tensor) -> dict[str, float]:
+        return self.trainer.evaluate(x, self.x_test, self.y_test)
+
+    def simulate(self, stage: str, server_cfg: Any, concurrency: int, **overrides: Any) -> dict[str, Any]:
+        """Run one server mode (or reuse the stage's finished result on resume) and summarise it."""
+        done = self.ctx.checkpoints.done(stage)
+        if done is not None:
+            return done
+        sim_cfg = OmegaConf.merge(self.cfg.algorithm, {"concurrency": concurrency, **overrides})
+        server_cfg = OmegaConf.merge(server_cfg, {"concurrency": concurrency})
+        sim = Simulator(self.x0, self.trainer, self.backend, self.population, sim_cfg, self.ctx.seed, self.evaluate,
+                        log=lambda m, step: self.ctx.log(m, step, stage))
+        result = summarise(sim.run(make_server(server_cfg, self.x0)), sim_cfg.target_accuracy)
+        self.ctx.checkpoints.mark_done(stage, result)
+        return result
+
+    def close(self) -> None:
+        self.backend.close()
+
+
+def summarise(r: SimulationResult, target: float) -> dict[str, Any]:
+    """Time / updates / bytes to the first evaluation at ``target`` accuracy, and the run's counters."""
+    c = r.counters
+    hit = next((p for p in r.history if p.accuracy >= target), None)
+    return {
+        "time_to_target": hit.time if hit else None,
+        "updates_to_target": hit.client_updates if hit else None,
+        "bytes_to_target": hit.bytes if hit else None,
+        "reached_target": hit is not None,
+        "final_accuracy": r.history[-1].accuracy,
+        "final_loss": r.history[-1].loss,
+        "best_accuracy": max(p.accuracy for p in r.history),
+        "sim_time": r.end_time,
+        "client_updates": c.client_updates,
+        "client_starts": c.client_starts,
+        "server_steps": c.server_steps,
+        "bytes": c.bytes,
+        "staleness_mean": c.staleness_sum / c.applied if c.applied else 0.0,
+        "staleness_max": c.staleness_max,
+        "realised_concurrency": c.concurrency_area / r.end_time if r.end_time > 0 else 0.0,
+        "wasted_work_fraction": c.compute_wasted / c.compute_total if c.compute_total > 0 else 0.0,
+        "dropouts": c.dropouts,
+        "stragglers_cancelled": c.stragglers_cancelled,
+        "discarded_stale": c.discarded_stale,
+        "rejected_updates": c.rejected_nonfinite + c.rejected_norm,
+        "rejected_nonfinite": c.rejected_nonfinite,
+        "rejected_norm": c.rejected_norm,
+        "server_nonfinite_skipped": c.server_nonfinite_skipped,
+        "global_model_finite": bool(r.final_model is not None and torch.isfinite(r.final_model).all()),
+        "history": [asdict(p) for p in r.history],
+    }
+
+
+def _curves(results: dict[str, dict[str, Any]], x: str) -> dict[str, tuple[list[float], list[float]]]:
+    return {k: ([p[x] for p in v["history"]], [p["accuracy"] for p in v["history"]]) for k, v in results.items()}
+
+
+def _without_history(r: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in r.items() if k != "history"}
+
+
+# --------------------------------------------------------------------------- recipes
+def run_fedbuff(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """FedBuff vs FedAvgM vs FedAsync on one population and clock; time/updates/bytes to the target."""
+    a = cfg.algorithm
+    exp = Experiment(cfg, ctx)
+    try:
+        results = {label: exp.simulate(label, s, s.concurrency or a.concurrency) for label, s in a.servers.items()}
+    finally:
+        exp.close()
+    ctx.write_json("curves.json", {k: v["history"] for k, v in results.items()})
+    title = f"{cfg.dataset.name}: {exp.population.size:,} clients, concurrency {a.concurrency}"
+    ctx.plot("accuracy_vs_time", _curves(results, "time"), "simulated time (s)", "test accuracy", title=title)
+    ctx.plot("accuracy_vs_bytes", _curves(results, "bytes"), "bytes communicated", "test accuracy", title=title)
+    ctx.plot("accuracy_vs_updates", _curves(results, "client_updates"), "client updates", "test accuracy",
+             title=title)
+    return {"target_accuracy": a.target_accuracy, "concurrency": a.concurrency,
+            "population": exp.population.size, "num_parameters": int(exp.x0.numel()),
+            "algorithms": {k: _without_history(v) for k, v in results.items()}}
+
+
+def _ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
+def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """Sync (FedAvgM, over-selection) vs async (FedBuff) at each concurrency; speedup and communication ratio."""
+    a = cfg.algorithm
+    exp = Experiment(cfg, ctx)
+    by_c: dict[str, dict[str, Any]] = {}
+    curves: dict[str, Any] = {}
+    try:
+        for i, c in enumerate(a.concurrency_levels):
+            k = a.buffer_sizes[i] if a.buffer_sizes else a.async_server.buffer_size
+            sync = exp.simulate(f"sync_c{c}", a.sync_server, c)
+            asyn = exp.simulate(f"async_c{c}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c)
+            curves[f"sync C={c}"], curves[f"async C={c}"] = sync["history"], asyn["history"]
+            by_c[str(c)] = {"sync": _without_history(sync), "async": {**_without_history(asyn), "buffer_size": k},
+                            "speedup": _ratio(sync["time_to_target"], asyn["time_to_target"]),
+                            "communication_ratio": _ratio(sync["bytes_to_target"], asyn["bytes_to_target"])}
+    finally:
+        exp.close()
+    ctx.write_json("curves.json", curves)
+    series = {k: ([p["time"] for p in h], [p["accuracy"] for p in h]) for k, h in curves.items()}
+    ctx.plot("accuracy_vs_time", series, "simulated time (s)", "test accuracy",
+             title=f"sync vs async, {exp.population.size:,} clients")
+    series = {k: ([p["bytes"] for p in h], [p["accuracy"] for p in h]) for k, h in curves.items()}
+    ctx.plot("accuracy_vs_bytes", series, "bytes communicated", "test accuracy")
+    levels = [c for c in a.concurrency_levels if by_c[str(c)]["speedup"] is not None]
+    if levels:
+        ctx.plot("ratios_vs_concurrency",
+                 {"speedup (sync time / async time)": (levels, [by_c[str(c)]["speedup"] for c in levels]),
+                  "communication (sync bytes / async bytes)":
+                      (levels, [by_c[str(c)]["communication_ratio"] for c in levels])},
+                 "concurrency", "sync / async to target")
+    return {"target_accuracy": a.target_accuracy, "population": exp.population.size,
+            "num_parameters": int(exp.x0.numel()), "by_concurrency": by_c}

@@ -1,0 +1,281 @@
+"""Event-driven federated simulator on a virtual clock.
+
+The clock jumps from event to event (a client finishes, drops out, or a server timer fires); a heap of
+``(time, seq, kind, payload)`` orders them. A server mode (:mod:`runner.federated.aggregators`) decides
+whom to start and what to do with each report; the simulator owns the clock, the global model, client
+dispatch, validation of updates, counters and evaluation.
+
+Client training is lazy and batched: a client's update is computed when its report arrives, together
+with the other in-flight clients that will report (up to ``client.max_batch``), in one vectorised call.
+The result does not depend on the batching: a client's update depends only on its start parameters and
+``(seed, client id, task id)``. Clients that drop out or are cancelled as stragglers are never trained.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import math
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from runner.core.seeding import derive_seed
+from runner.federated.backends import Backend, TrainJob
+from runner.federated.client import LocalTrainer, TrainPlan
+from runner.federated.population import Population
+
+FINISH, DROP, TIMER = 0, 1, 2
+
+
+@dataclass(eq=False)
+class Task:
+    """One client participation: drawn at ``start`` from global model version ``version``."""
+
+    id: int
+    cid: int
+    start: float
+    finish: float
+    version: int
+    base: torch.Tensor  # the global model the client downloaded (shared by all clients of one version)
+    examples: int
+    compute: float  # seconds of on-device compute in ``finish - start``
+    drop_at: float | None
+    plan: TrainPlan | None = None
+    delta: torch.Tensor | None = None
+    round: int = 0
+    cancelled: bool = False
+
+    def compute_done(self, t: float) -> float:
+        """Compute-seconds spent by time ``t`` (compute comes before the upload)."""
+        return min(self.compute, max(0.0, t - self.start))
+
+
+class Server(Protocol):
+    """A server mode: starts clients, and reacts to reports, failures and timers."""
+
+    def start(self, sim: Simulator) -> None: ...
+
+    def on_update(self, sim: Simulator, task: Task, delta: torch.Tensor) -> None: ...
+
+    def on_failure(self, sim: Simulator, task: Task) -> None: ...
+
+    def on_timer(self, sim: Simulator, tag: Any) -> None: ...
+
+    def trainable(self, task: Task) -> bool: ...
+
+
+@dataclass
+class Counters:
+    client_starts: int = 0
+    client_updates: int = 0  # uploads that reached the server (applied, stale-discarded or rejected)
+    applied: int = 0
+    dropouts: int = 0
+    stragglers_cancelled: int = 0
+    discarded_stale: int = 0
+    rejected_nonfinite: int = 0
+    rejected_norm: int = 0
+    server_steps: int = 0
+    server_nonfinite_skipped: int = 0
+    bytes_down: float = 0.0
+    bytes_up: float = 0.0
+    compute_total: float = 0.0
+    compute_wasted: float = 0.0
+    concurrency_area: float = 0.0
+    staleness_sum: float = 0.0
+    staleness_max: int = 0
+
+    @property
+    def bytes(self) -> float:
+        return self.bytes_down + self.bytes_up
+
+
+@dataclass
+class EvalPoint:
+    time: float
+    client_updates: int
+    bytes: float
+    server_steps: int
+    accuracy: float
+    loss: float
+
+
+@dataclass
+class SimulationResult:
+    counters: Counters
+    history: list[EvalPoint] = field(default_factory=list)
+    end_time: float = 0.0
+    final_model: torch.Tensor | None = None
+
+
+class Simulator:
+    """The clock, the global model x and its version, in-flight clients and the bookkeeping."""
+
+    def __init__(self, x0: torch.Tensor, trainer: LocalTrainer, backend: Backend, population: Population, cfg: Any,
+                 seed: int, evaluate: Callable[[torch.Tensor], dict[str, float]],
+                 log: Callable[[dict[str, float], int], None] | None = None):
+        self.x, self.version, self.t = x0.clone(), 0, 0.0
+        self.trainer, self.backend, self.population, self.cfg, self.seed = trainer, backend, population, cfg, seed
+        self.model_bytes = 4.0 * x0.numel()
+        self.in_flight: dict[int, Task] = {}
+        self.busy: dict[int, int] = {}  # client id -> tasks in flight (a device trains one task at a time)
+        self.c = Counters()
+        self.history: list[EvalPoint] = []
+        self._evaluate, self._log = evaluate, log
+        self._heap: list[tuple[float, int, int, Any]] = []
+        self._seq = itertools.count()
+        self._task_ids = itertools.count()
+        self._select_rng = np.random.default_rng(derive_seed(seed, "select"))
+        self._last_eval_updates = -10**18
+        self.reached_target = False
+
+    # ------------------------------------------------------------------ clients
+    def dispatch(self, round: int = 0) -> Task:
+        """A device checks in, downloads x (version v) and starts local training."""
+        cid = self.population.select(self._select_rng, self.t, self.busy)
+        tid = next(self._task_ids)
+        plan = self.trainer.plan(cid, tid)
+        timing = self.population.timing(cid, tid, self.t, plan.examples, 2 * self.model_bytes)
+        task = Task(tid, cid, self.t, self.t + timing.duration, self.version, self.x, plan.examples,
+                    timing.compute, timing.drop_at, plan, round=round)
+        self.in_flight[tid] = task
+        self.busy[cid] = self.busy.get(cid, 0) + 1
+        self.c.client_starts += 1
+        self.c.bytes_down += self.model_bytes
+        when, kind = (timing.drop_at, DROP) if timing.drop_at is not None else (task.finish, FINISH)
+        heapq.heappush(self._heap, (when, next(self._seq), kind, task))
+        return task
+
+    def _release(self, task: Task, spent: float) -> None:
+        del self.in_flight[task.id]
+        self.busy[task.cid] -= 1
+        if not self.busy[task.cid]:
+            del self.busy[task.cid]
+        self.c.compute_total += spent
+
+    def cancel(self, task: Task) -> None:
+        """Abort an in-flight client (a straggler the round no longer waits for); its work is wasted."""
+        task.cancelled = True
+        spent = task.compute_done(self.t)
+        self._release(task, spent)
+        self.c.compute_wasted += spent
+        self.c.stragglers_cancelled += 1
+
+    def discard(self, task: Task) -> None:
+        """Drop a received update as too stale; its work is wasted."""
+        self.c.discarded_stale += 1
+        self.c.compute_wasted += task.compute
+
+    def timer(self, at: float, tag: Any) -> None:
+        heapq.heappush(self._heap, (at, next(self._seq), TIMER, tag))
+
+    def record_staleness(self, tau: int) -> None:
+        self.c.applied += 1
+        self.c.staleness_sum += tau
+        self.c.staleness_max = max(self.c.staleness_max, tau)
+
+    # ------------------------------------------------------------------ lazy, batched training
+    def _delta(self, task: Task, server: Server) -> torch.Tensor:
+        if task.delta is None:
+            others = sorted((o for o in self.in_flight.values()
+                             if o is not task and o.delta is None and o.drop_at is None and server.trainable(o)),
+                            key=lambda o: o.finish)
+            batch = [task, *others[: self.cfg.client.max_batch - 1]]
+            deltas = self.backend.train([TrainJob(o.cid, o.id, o.base, o.plan) for o in batch])
+            for o, d in zip(batch, deltas):
+                o.delta = self._inject_fault(o, d)
+                o.plan = None  # the shard is no longer needed
+        return task.delta
+
+    def _inject_fault(self, task: Task, delta: torch.Tensor) -> torch.Tensor:
+        f = self.cfg.faults
+        if f.nan_rate <= 0 and f.blowup_rate <= 0:
+            return delta
+        u = np.random.default_rng(derive_seed(self.seed, "fault", task.id)).random()
+        if u < f.nan_rate:
+            return torch.full_like(delta, math.nan)
+        if u < f.nan_rate + f.blowup_rate:
+            return delta * 1e6
+        return delta
+
+    def valid(self, delta: torch.Tensor) -> bool:
+        """Reject updates with NaN/inf or an L2 norm above ``faults.max_update_norm`` (and count them)."""
+        if not bool(torch.isfinite(delta).all()):
+            self.c.rejected_nonfinite += 1
+            return False
+        if float(delta.norm()) > self.cfg.faults.max_update_norm:
+            self.c.rejected_norm += 1
+            return False
+        return True
+
+    # ------------------------------------------------------------------ server model
+    def step(self, x_new: torch.Tensor) -> None:
+        """Install a new global model (a server step); a non-finite one is refused and counted."""
+        if not bool(torch.isfinite(x_new).all()):
+            self.c.server_nonfinite_skipped += 1
+            return
+        self.x = x_new.detach().clone()
+        self.version += 1
+        self.c.server_steps += 1
+        if self.c.client_updates - self._last_eval_updates >= self.cfg.eval_every_updates:
+            self.evaluate()
+
+    def evaluate(self) -> EvalPoint:
+        m = self._evaluate(self.x)
+        self._last_eval_updates = self.c.client_updates
+        p = EvalPoint(self.t, self.c.client_updates, self.c.bytes, self.c.server_steps, m["accuracy"], m["loss"])
+        if not self.history or self.history[-1] != p:
+            self.history.append(p)
+            if self._log is not None:
+                self._log({"accuracy": p.accuracy, "loss": p.loss, "sim_time": p.time, "bytes": p.bytes,
+                           "server_steps": p.server_steps, "in_flight": len(self.in_flight)}, p.client_updates)
+        if p.accuracy >= self.cfg.target_accuracy:
+            self.reached_target = True
+        return p
+
+    # ------------------------------------------------------------------ the event loop
+    def _advance(self, t: float) -> None:
+        self.c.concurrency_area += len(self.in_flight) * (t - self.t)
+        self.t = t
+
+    def run(self, server: Server) -> SimulationResult:
+        """Run ``server`` until the update budget, the time budget, or (optionally) the target accuracy."""
+        cfg = self.cfg
+        self.evaluate()
+        server.start(self)
+        while self._heap:
+            when, _, kind, payload = heapq.heappop(self._heap)
+            if kind != TIMER and payload.cancelled:
+                continue
+            if cfg.max_sim_time is not None and when > cfg.max_sim_time:
+                self._advance(cfg.max_sim_time)
+                break
+            self._advance(when)
+            if kind == TIMER:
+                server.on_timer(self, payload)
+            elif kind == DROP:
+                spent = payload.compute_done(self.t)
+                self._release(payload, spent)
+                self.c.dropouts += 1
+                self.c.compute_wasted += spent
+                server.on_failure(self, payload)
+            else:
+                delta = self._delta(payload, server)
+                self._release(payload, payload.compute)
+                self.c.client_updates += 1
+                self.c.bytes_up += self.model_bytes
+                if self.valid(delta):
+                    server.on_update(self, payload, delta)
+                else:
+                    self.c.compute_wasted += payload.compute
+                    server.on_failure(self, payload)
+                payload.delta = None
+            if self.c.client_updates >= cfg.max_client_updates or (cfg.stop_at_target and self.reached_target):
+                break
+        self.evaluate()
+        for task in list(self.in_flight.values()):  # work still running at the end is not wasted: it is unfinished
+            self.c.compute_total += task.compute_done(self.t)
+        return SimulationResult(self.c, self.history, self.t, self.x)

@@ -1,0 +1,1 @@
+"""Differential privacy: accounting, DP estimators, Fréchet distance, embedders and the FreD recipe."""

@@ -1,0 +1,345 @@
+"""FreD: rank public prefinetuning datasets by a private federated Fréchet distance (arXiv 2302.09042).
+
+Algorithm box:
+1. Embed every sample with a language model: the private clients' samples on device, each public
+   candidate's samples on the server.
+2. (Optional, public) project embeddings onto the top ``projection_dim`` principal directions of the
+   union of the public candidates, centred at their mean: a public, data-independent-of-clients map that
+   shrinks the covariance release from d² to k² entries. Unverified against the paper; null disables it.
+3. Clients cap their samples, clip each embedding to norm C, and send count, Σx and Σxxᵀ through secure
+   aggregation; the server adds Gaussian noise calibrated to the run's (ε, δ) and estimates the private
+   mean and PSD covariance (:mod:`runner.privacy.estimators`).
+4. FreD(candidate) = Fréchet distance between the private estimate and the candidate's (mean,
+   covariance). The lowest FreD is the recommended prefinetuning dataset.
+5. Validation (not a private release; an oracle check of the ranking): prefinetune a small LM on each
+   candidate, FL-finetune it with FedAvg on the private clients, and correlate FreD with the final
+   private-test perplexity (Spearman).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from runner.core.context import RunContext
+from runner.core.errors import ConfigError
+from runner.core.seeding import derive_seed
+from runner.privacy.accounting import GaussianRelease, calibrate_noise, epsilon_spent, gdp_mu, split_noise
+from runner.privacy.estimators import RELEASES, dp_mean_and_covariance
+from runner.privacy.frechet import frechet_distance, gaussian_stats
+
+
+# --------------------------------------------------------------------------- config
+@dataclass
+class FredValidationConfig:
+    """Prefinetune → FedAvg-finetune → private-test perplexity, per candidate (tiny LM on CPU)."""
+
+    enabled: bool = True
+    prefinetune_steps: int = 150
+    batch_size: int = 16
+    seq_len: int = 64
+    lr: float = 3e-3
+    warmup_steps: int = 10
+    rounds: int = 5
+    clients_per_round: int = 8
+    local_steps: int = 4
+    client_lr: float = 1e-3
+    server_lr: float = 1.0
+    eval_batches: int = 8
+
+
+@dataclass
+class FredConfig:
+    """The ``fred`` algorithm (keys of ``conf/algorithm/fred.yaml``)."""
+
+    name: str = "fred"
+    embedder: str = "minilm"  # registry kind `embedder`: minilm | causal_lm
+    embed_batch_size: int = 64
+    projection_dim: int | None = 32  # PCA on public candidates; null keeps the embedder's dimension
+    clip_norm: float = 1.0  # C: per-sample L2 clip
+    max_samples_per_client: int = 8  # m: cap on samples per client (user-level sensitivity m·C)
+    noise_multiplier: float | None = None  # σ of the combined release; null calibrates it to the privacy budget
+    noise_split: dict[str, float] = field(default_factory=lambda: {r: 1.0 for r in RELEASES})  # 1/σ_i² ∝ w_i
+    secure_aggregation: bool = True
+    validation: FredValidationConfig = field(default_factory=FredValidationConfig)
+
+    @staticmethod
+    def validate(cfg: DictConfig) -> None:
+        a, p = cfg.algorithm, cfg.privacy
+        from runner.core import registry
+
+        if a.embedder not in registry.names("embedder"):
+            raise ConfigError(f"algorithm.embedder='{a.embedder}' (allowed: {', '.join(registry.names('embedder'))})")
+        for key in ("embed_batch_size", "max_samples_per_client"):
+            if a[key] < 1:
+                raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
+        if a.projection_dim is not None and a.projection_dim < 1:
+            raise ConfigError(f"algorithm.projection_dim={a.projection_dim} must be >= 1 or null")
+        if a.clip_norm <= 0:
+            raise ConfigError(f"algorithm.clip_norm={a.clip_norm} must be > 0")
+        if set(a.noise_split) != set(RELEASES) or any(w <= 0 for w in a.noise_split.values()):
+            raise ConfigError(f"algorithm.noise_split={dict(a.noise_split)} must give a weight > 0 to each of "
+                              f"{', '.join(RELEASES)}")
+        if a.noise_multiplier is not None and a.noise_multiplier <= 0:
+            raise ConfigError(f"algorithm.noise_multiplier={a.noise_multiplier} must be > 0 or null")
+        if a.noise_multiplier is not None and p.delta is None:
+            raise ConfigError("algorithm.noise_multiplier is set but privacy.delta is null: choose a privacy "
+                              "budget (e.g. privacy=eps1) to account the releases")
+        if a.noise_multiplier is not None and p.epsilon is not None:
+            plan = release_plan(a, p)
+            spent = epsilon_spent(plan, p.delta, p.accountant)
+            if spent > p.epsilon * (1 + 1e-9):
+                sig = ", ".join(f"{r.name} σ={r.noise_multiplier:.3g}" for r in plan)
+                raise ConfigError(
+                    f"privacy budget exceeded: privacy.epsilon={p.epsilon} (delta={p.delta}, "
+                    f"accountant={p.accountant}) but the planned releases ({sig}) would spend epsilon={spent:.4g}; "
+                    "raise algorithm.noise_multiplier or set it to null to calibrate")
+        v = a.validation
+        for key in ("prefinetune_steps", "batch_size", "seq_len", "rounds", "clients_per_round", "local_steps",
+                    "eval_batches"):
+            if v[key] < 1:
+                raise ConfigError(f"algorithm.validation.{key}={v[key]} must be >= 1")
+        if v.warmup_steps >= v.prefinetune_steps:
+            raise ConfigError(f"algorithm.validation.warmup_steps={v.warmup_steps} must be < "
+                              f"algorithm.validation.prefinetune_steps={v.prefinetune_steps}")
+        try:
+            check_data_params(cfg.dataset.params)
+        except ValueError as e:
+            raise ConfigError(f"dataset.params: {e}") from None
+
+
+def check_data_params(params: Mapping[str, Any]) -> None:
+    """The builtin FreD world's parameters: a private mixture, client sizes, ≥ 2 candidate mixtures."""
+    from runner.data.domains import check_mixture
+
+    for key in ("private_mixture", "candidates", "num_clients", "samples_per_client", "test_clients",
+                "candidate_size"):
+        if key not in params:
+            raise ValueError(f"missing key '{key}'")
+    check_mixture(params["private_mixture"], "private_mixture")
+    if len(params["candidates"]) < 2:
+        raise ValueError("candidates must name at least 2 candidate mixtures")
+    for name, mix in params["candidates"].items():
+        check_mixture(mix, f"candidates.{name}")
+    for key in ("num_clients", "samples_per_client", "test_clients", "candidate_size"):
+        if int(params[key]) < 1:
+            raise ValueError(f"{key}={params[key]} must be >= 1")
+
+
+def release_plan(a: Any, privacy: Any) -> list[GaussianRelease]:
+    """The three Gaussian releases (count, sum, second moment) with their noise multipliers."""
+    sigma = a.noise_multiplier
+    if sigma is None:
+        sigma = calibrate_noise(privacy.epsilon, privacy.delta, steps=1, sample_rate=1.0,
+                                accountant=privacy.accountant)
+    return [GaussianRelease(k, s) for k, s in split_noise(float(sigma), dict(a.noise_split)).items()]
+
+
+# --------------------------------------------------------------------------- FreD on embeddings
+def fit_projection(public: np.ndarray, k: int | None) -> tuple[np.ndarray, np.ndarray]:
+    """Centre and top-``k`` principal directions of public embeddings (identity when k is None)."""
+    center = public.mean(0)
+    if k is None or k >= public.shape[1]:
+        return center, np.eye(public.shape[1])
+    xc = public - center
+    _, v = np.linalg.eigh(xc.T @ xc)  # ascending eigenvalues: the last k columns are the top directions
+    return center, v[:, ::-1][:, :k].copy()
+
+
+def fred_scores(private_clients: Sequence[np.ndarray], candidates: Mapping[str, np.ndarray], clip_norm: float,
+                max_samples: int, noise: Mapping[str, float] | None, seed: int,
+                projection_dim: int | None = None, secure: bool = True) -> dict[str, float]:
+    """FreD of each candidate to the clients' (DP) embedding distribution; ``noise`` None = non-private FD."""
+    center, basis = fit_projection(np.concatenate(list(candidates.values())), projection_dim)
+    clients = [(np.asarray(x) - center) @ basis for x in private_clients]
+    mu_p, cov_p, _ = dp_mean_and_covariance(clients, clip_norm, max_samples, None if noise is None else dict(noise),
+                                            seed, secure=secure)
+    out = {}
+    for name, x in candidates.items():
+        mu_c, cov_c = gaussian_stats((np.asarray(x) - center) @ basis)
+        out[name] = frechet_distance(mu_p, cov_p, mu_c, cov_c)
+    return out
+
+
+def ranks(scores: Mapping[str, float]) -> dict[str, int]:
+    """1 = smallest score."""
+    order = sorted(scores, key=lambda k: scores[k])
+    return {k: i + 1 for i, k in enumerate(order)}
+
+
+# --------------------------------------------------------------------------- validation stage
+def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int) -> None:
+    """Plain FedAvg: each round, sampled clients run ``local_steps`` AdamW steps from the global weights;
+    the server adds ``server_lr`` × the token-weighted mean update. (A compact stand-in for
+    ``runner.federated``'s simulator, which this stage could switch to.)"""
+    import torch
+
+    from runner.models.finetune import sample_windows
+
+    rng = np.random.default_rng(derive_seed(seed, "fedavg"))
+    gen = torch.Generator().manual_seed(derive_seed(seed, "fedavg", "windows") % 2**63)
+    global_state = {k: t.detach().clone() for k, t in model.state_dict().items()}
+    model.train()
+    for _ in range(v.rounds):
+        chosen = rng.choice(len(client_streams), size=min(v.clients_per_round, len(client_streams)), replace=False)
+        total_w, agg = 0.0, {k: torch.zeros_like(t, dtype=torch.float32) for k, t in global_state.items()}
+        for c in chosen.tolist():
+            stream = client_streams[c]
+            model.load_state_dict(global_state)
+            opt = torch.optim.AdamW(model.parameters(), lr=v.client_lr, weight_decay=0.0)
+            seq_len = min(v.seq_len, stream.numel() - 1)
+            for _ in range(v.local_steps):
+                batch = sample_windows(stream, v.batch_size, seq_len, gen).to(model.device)
+                loss = model(input_ids=batch, labels=batch).loss
+                opt.zero_grad(set_to_none=True)
+                loss.backward()
+                torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+                opt.step()
+            w = float(stream.numel())
+            for k, t in model.state_dict().items():
+                agg[k] += w * (t.float() - global_state[k].float())
+            total_w += w
+        for k in global_state:
+            if global_state[k].is_floating_point():
+                global_state[k] = global_state[k] + (v.server_lr * agg[k] / total_w).to(global_state[k].dtype)
+    model.load_state_dict(global_state)
+    model.eval()
+
+
+def validate_candidate(name: str, texts: Sequence[str], client_texts: Sequence[Sequence[str]],
+                       test_texts: Sequence[str], cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+    """Prefinetune a fresh small LM on ``texts``, FedAvg-finetune on the clients, return test perplexities."""
+    import torch
+
+    from runner.models.builder import build_model_and_tokenizer
+    from runner.models.finetune import LMTrainConfig, evaluate_loss, finetune, token_stream
+
+    v = cfg.algorithm.validation
+    torch.manual_seed(derive_seed(ctx.seed, "validation", "init") % 2**63)  # same initial weights per candidate
+    model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
+    test = token_stream(list(test_texts), tok)
+    train_cfg = LMTrainConfig(steps=v.prefinetune_steps, batch_size=v.batch_size, seq_len=v.seq_len, lr=v.lr,
+                              warmup_steps=v.warmup_steps, eval_every=v.prefinetune_steps,
+                              checkpoint_every=v.prefinetune_steps)
+    finetune(model, token_stream(list(texts), tok), train_cfg, ctx, stage=f"prefinetune_{name}")
+    pre = evaluate_loss(model, test, v.seq_len, v.batch_size, v.eval_batches)
+    streams = [token_stream(list(t), tok) for t in client_texts]
+    fedavg_finetune(model, streams, v, derive_seed(ctx.seed, "fedavg", name))
+    post = evaluate_loss(model, test, v.seq_len, v.batch_size, v.eval_batches)
+    return {"perplexity_after_prefinetune": math.exp(pre), "perplexity": math.exp(post)}
+
+
+# --------------------------------------------------------------------------- the recipe
+def build_world(params: Mapping[str, Any], seed: int) -> dict[str, Any]:
+    """Private train/test clients and public candidates from the builtin domain generator."""
+    from runner.data.domains import federated_clients, sample_texts, total_variation
+
+    p = dict(params)
+    conc = float(p.get("client_concentration", 5.0))
+    n_train, n_test, m = int(p["num_clients"]), int(p["test_clients"]), int(p["samples_per_client"])
+    clients = federated_clients(p["private_mixture"], n_train + n_test, m, derive_seed(seed, "private"), conc)
+    candidates = {name: sample_texts(mix, int(p["candidate_size"]), derive_seed(seed, "candidate", name))
+                  for name, mix in p["candidates"].items()}
+    tv = {name: total_variation(p["private_mixture"], mix) for name, mix in p["candidates"].items()}
+    return {"train_clients": clients[:n_train], "test_texts": [t for c in clients[n_train:] for t in c],
+            "candidates": candidates, "tv": tv}
+
+
+def embed_unique(embedder: Any, texts: Sequence[str]) -> dict[str, np.ndarray]:
+    """Embed each distinct text once (templated worlds repeat texts)."""
+    uniq = list(dict.fromkeys(texts))
+    return dict(zip(uniq, embedder.embed(uniq)))
+
+
+def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """Private FreD of each candidate, its ranking and privacy spend; optional downstream validation."""
+    from scipy.stats import spearmanr
+
+    from runner.privacy.embedders import build_embedder
+
+    a, privacy = cfg.algorithm, cfg.privacy
+    world = build_world(cfg.dataset.params, ctx.seed)
+    names = list(world["candidates"])
+
+    # 1. embed
+    emb = ctx.path("embeddings.npz")
+    all_texts = [t for c in world["train_clients"] for t in c] + [t for n in names for t in world["candidates"][n]]
+    if emb.exists():
+        cache = dict(np.load(emb, allow_pickle=False))
+        table = dict(zip(cache["texts"].tolist(), cache["vectors"]))
+    else:
+        table = embed_unique(build_embedder(a.embedder, cfg, a.embed_batch_size), all_texts)
+        np.savez(emb, texts=np.array(list(table)), vectors=np.stack(list(table.values())))
+    clients = [np.stack([table[t] for t in c]) for c in world["train_clients"]]
+    cands = {n: np.stack([table[t] for t in world["candidates"][n]]) for n in names}
+
+    # 2-4. private statistics and FreD
+    private = privacy.epsilon is not None or a.noise_multiplier is not None
+    plan = release_plan(a, privacy) if private else []
+    noise = {r.name: r.noise_multiplier for r in plan} if private else None
+    kw = dict(clip_norm=a.clip_norm, max_samples=a.max_samples_per_client, projection_dim=a.projection_dim,
+              secure=a.secure_aggregation, seed=derive_seed(ctx.seed, "fred"))
+    fred = fred_scores(clients, cands, noise=noise, **kw)
+    fd = fred_scores(clients, cands, noise=None, **kw)
+    true_rank, fred_rank, fd_rank = ranks(world["tv"]), ranks(fred), ranks(fd)
+    for i, n in enumerate(names):
+        ctx.log({"fred": fred[n], "fd_nonprivate": fd[n], "tv_distance": world["tv"][n]}, i, "fred")
+
+    spent: dict[str, Any] = {"epsilon": None, "delta": privacy.delta, "accountant": privacy.accountant,
+                             "budget_epsilon": privacy.epsilon}
+    if private:
+        spent.update(epsilon=epsilon_spent(plan, privacy.delta, privacy.accountant), gdp_mu=gdp_mu(plan),
+                     noise_multipliers=noise)
+
+    # 5. validation
+    validation: dict[str, dict[str, float]] = {}
+    if a.validation.enabled:
+        for n in names:
+            stage = f"validation_{n}"
+            if not ctx.checkpoints.done(stage):
+                ctx.checkpoints.mark_done(stage, validate_candidate(
+                    n, world["candidates"][n], world["train_clients"], world["test_texts"], cfg, ctx))
+            validation[n] = _done_result(ctx, stage)
+            ctx.log(validation[n], names.index(n), "validation")
+
+    candidates = {n: {"fred": fred[n], "fd_nonprivate": fd[n], "tv_distance": world["tv"][n],
+                      "true_rank": true_rank[n], "fred_rank": fred_rank[n], "fd_rank": fd_rank[n],
+                      **validation.get(n, {})} for n in names}
+    best_true = min(names, key=lambda n: world["tv"][n])
+    best_fred = min(names, key=lambda n: fred[n])
+    results: dict[str, Any] = {
+        "candidates": candidates,
+        "ranking": {"true": sorted(names, key=true_rank.get), "fred": sorted(names, key=fred_rank.get),
+                    "fd_nonprivate": sorted(names, key=fd_rank.get)},
+        "best": {"true": best_true, "fred": best_fred, "fred_picks_true_best": best_fred == best_true},
+        "spearman_fred_vs_true": float(spearmanr([fred[n] for n in names], [world["tv"][n] for n in names])[0]),
+        "spearman_fd_vs_true": float(spearmanr([fd[n] for n in names], [world["tv"][n] for n in names])[0]),
+        "spearman_fred_vs_downstream": None,
+        "privacy": spent,
+        "data": {"clients": len(clients), "private_samples": int(sum(len(c) for c in clients)),
+                 "embedding_dim": int(clients[0].shape[1]), "projection_dim": a.projection_dim},
+    }
+    if validation:
+        ppl = [validation[n]["perplexity"] for n in names]
+        results["spearman_fred_vs_downstream"] = float(spearmanr([fred[n] for n in names], ppl)[0])
+        results["spearman_true_vs_downstream"] = float(spearmanr([world["tv"][n] for n in names], ppl)[0])
+        pre = [validation[n]["perplexity_after_prefinetune"] for n in names]
+        results["spearman_fred_vs_prefinetune_perplexity"] = float(spearmanr([fred[n] for n in names], pre)[0])
+        ctx.plot("fred_vs_perplexity", {n: ([fred[n]], [validation[n]["perplexity"]]) for n in names},
+                 "FreD (private)", "private-test perplexity after FL", title="FreD vs downstream", kind="scatter")
+    ctx.plot("fred_vs_tv", {"FreD": ([world["tv"][n] for n in names], [fred[n] for n in names]),
+                            "FD (non-private)": ([world["tv"][n] for n in names], [fd[n] for n in names])},
+             "TV distance of candidate mixture to private mixture", "Fréchet distance", kind="scatter")
+    return results
+
+
+def _done_result(ctx: RunContext, stage: str) -> dict[str, float]:
+    res = ctx.checkpoints.done(stage)
+    if not isinstance(res, dict):
+        raise RuntimeError(f"stage {stage} is marked done without a result")
+    return res

@@ -116,3 +116,8 @@ def test_missing_config_message_lists_allowed_options():
     e = MissingConfigException("In 'config': Could not find 'model/x'\n\nAvailable options in 'model':\n\ta\n\tb\n",
                                missing_cfg_file="model/x", options=["a", "b"])
     assert one_line(e) == "unknown option 'x' for group 'model' (allowed: a, b)"
+
+
+def test_command_line_values_win_over_smoke_overrides():
+    cfg = compose_recipe("smoke", ["run.smoke=true", "algorithm.steps=25"])
+    assert cfg.algorithm.steps == 25 and cfg.algorithm.checkpoint_every == 20  # the rest of smoke still applies

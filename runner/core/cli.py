@@ -84,10 +84,14 @@ def prepare(cfg: DictConfig) -> DictConfig:
     from hydra.core.hydra_config import HydraConfig
 
     choices: dict[str, Any] = {}
+    task_overrides: list[str] = []
     if "hydra" in cfg:
         choices = dict(cfg.hydra.runtime.choices)
+        task_overrides = list(cfg.hydra.overrides.task)
     elif HydraConfig.initialized():
         choices = dict(HydraConfig.get().runtime.choices)
+        task_overrides = list(HydraConfig.get().overrides.task)
+    explicit = {o.split("=", 1)[0].lstrip("+~") for o in task_overrides}
     if "recipe" in cfg:
         raise ConfigError(
             "'recipe' arrived as a plain key, not a selected recipe option: the recipe group was not "
@@ -100,7 +104,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     if cfg.get("run") is not None and cfg.run.get("name") is None:
         with _open_struct(cfg):
             cfg.run.name = choices.get("recipe") or "run"
-    cfg = apply_smoke(cfg)
+    cfg = apply_smoke(cfg, explicit)
     return validate(cfg)
 
 

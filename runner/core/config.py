@@ -273,12 +273,17 @@ def validate(cfg: DictConfig) -> DictConfig:
     return bound
 
 
-def apply_smoke(cfg: DictConfig) -> DictConfig:
-    """If ``run.smoke`` is set, apply the recipe's ``run.smoke_overrides`` (dotted keys → values)."""
+def apply_smoke(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset()) -> DictConfig:
+    """If ``run.smoke`` is set, apply the recipe's ``run.smoke_overrides`` (dotted keys → values).
+
+    Keys in ``explicit`` (set on the command line) keep the user's value.
+    """
     run = cfg.get("run")
     if not run or not run.get("smoke"):
         return cfg
     for key, value in (run.get("smoke_overrides") or {}).items():
+        if key in explicit:
+            continue
         try:
             OmegaConf.update(cfg, key, value, merge=True, force_add=False)
         except OmegaConfBaseException:

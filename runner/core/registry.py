@@ -34,24 +34,68 @@ def _e(target: str, extra: str | None = None) -> Entry:
 
 REGISTRY: dict[str, dict[str, Entry]] = {
     "algorithm": {
+        "latent_logit": _e("runner.choice.latent_logit:run_latent_logit"),
         "smoke": _e("runner.models.finetune:run_smoke"),
+        "fred": _e("runner.privacy.fred:run_fred"),
+        "fedbuff": _e("runner.federated.recipes:run_fedbuff"),
+        "papaya": _e("runner.federated.recipes:run_papaya"),
+        "guard_eval": _e("runner.guard.evaluate:run_guard_eval"),
+        "llamaguard_1b_int4": _e("runner.guard.pipeline:run_llamaguard_1b_int4"),
+        "safety_rl": _e("runner.safety.safety_rl:run_safety_rl"),
+        "safety_eval": _e("runner.safety.baselines:run_safety_eval"),
+        "safety_eval_guarded": _e("runner.safety.baselines:run_safety_eval_guarded"),
+        "waltzrl": _e("runner.safety.waltzrl:run_waltzrl"),
     },
     "schema.algorithm": {
+        "latent_logit": _e("runner.choice.latent_logit:LatentLogitConfig"),
         "smoke": _e("runner.models.finetune:SmokeConfig"),
+        "fred": _e("runner.privacy.fred:FredConfig"),
+        "fedbuff": _e("runner.federated.recipes:FedBuffConfig"),
+        "papaya": _e("runner.federated.recipes:PapayaConfig"),
+        "guard_eval": _e("runner.guard.evaluate:GuardEvalConfig"),
+        "llamaguard_1b_int4": _e("runner.guard.pipeline:LlamaGuard1BInt4Config"),
+        "safety_rl": _e("runner.safety.safety_rl:SafetyRLConfig"),
+        "safety_eval": _e("runner.safety.baselines:SafetyEvalConfig"),
+        "safety_eval_guarded": _e("runner.safety.baselines:SafetyEvalGuardedConfig"),
+        "waltzrl": _e("runner.safety.waltzrl:WaltzRLConfig"),
     },
-    "schema.model": {},
-    "schema.dataset": {},
+    "schema.model": {
+        **{n: _e("runner.federated.models:FLModelConfig")
+           for n in ("fl_mlp", "fl_logreg", "fl_cnn_celeba", "fl_cnn_femnist", "fl_cnn_cifar10", "fl_lstm_sent140")},
+    },
+    "schema.dataset": {
+        **{n: _e("runner.data.federated:FederatedDatasetConfig")
+           for n in ("fl_digits", "fl_synthetic", "femnist", "shakespeare", "sent140", "celeba", "cifar10")},
+        **{n: _e("runner.data.safety:SafetyDatasetConfig")
+           for n in ("toy_safety", "safety_eval_paper", "safety_rl_paper")},
+    },
     "schema.hardware": {},
     "schema.privacy": {},
     "schema.logger": {},
     "trainer": {},
     "evaluator": {},
-    "simulator": {},
+    "simulator": {
+        "event": _e("runner.federated.simulator:Simulator"),
+    },
+    "fl_backend": {
+        "local": _e("runner.federated.backends:LocalBackend"),
+        "ray": _e("runner.federated.backends:RayBackend", extra="dist"),
+    },
     "rollout": {
         "hf": _e("runner.rollout.hf:HFEngine"),
         "vllm": _e("runner.rollout.vllm:VLLMEngine", extra="gpu"),
     },
-    "judge": {},
+    "judge": {
+        "rule": _e("runner.safety.judges:RuleJudge"),
+        "refusal_string": _e("runner.safety.judges:RefusalStringJudge"),
+        "llama_guard": _e("runner.safety.judges:LlamaGuardJudge"),
+        "wildguard": _e("runner.safety.judges:WildGuardJudge"),
+        "strongreject": _e("runner.safety.judges:StrongRejectJudge"),
+    },
+    "embedder": {
+        "minilm": _e("runner.privacy.embedders:MiniLMEmbedder"),
+        "causal_lm": _e("runner.privacy.embedders:CausalLMEmbedder"),
+    },
     "logger": {
         "jsonl": _e("runner.core.logging:JsonlLogger"),
         "wandb": _e("runner.core.logging:WandbLogger"),

@@ -1,0 +1,233 @@
+"""Recipe ``latent_logit``: the convex latent-effect logit against plain and mixed logit.
+
+1. Load a panel (synthetic with ground truth, or a local Swissmetro file); hold out a share of every
+   individual's observations.
+2. λ grid from λ_max down; K-fold CV split within individuals selects (λ1, λ2) (``path.py``).
+3. Warm-started path on the training part (accelerated proximal gradient, ``fista.py``); the selected fit is
+   re-solved by cvxpy (``cvx.py``) and the two optimal objectives compared.
+4. Baselines: plain logit and panel mixed logit by simulated maximum likelihood (``baselines.py``).
+5. Report held-out log-likelihood and accuracy for each model, parameter recovery on synthetic data
+   (support of β, rank and error of L), runtimes, and plots of the λ path and the singular values.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from omegaconf import DictConfig
+
+from runner.choice.baselines import fit_mixed_logit, fit_plain_logit
+from runner.choice.data import ChoiceData, Truth, heldout_split, load_swissmetro, resolve_path, synthetic_panel
+from runner.choice.fista import fista
+from runner.choice.model import Fit, LatentLogitProblem, accuracy, predict_log_probs, ratio_rank
+from runner.choice.path import cross_validate, fit_path, lambda_grid
+from runner.core.context import RunContext
+from runner.core.errors import ConfigError
+from runner.core.seeding import derive_seed
+
+
+@dataclass
+class LatentLogitConfig:
+    """The ``latent_logit`` algorithm (keys of ``conf/algorithm/latent_logit.yaml``)."""
+
+    name: str = "latent_logit"
+    center: bool = True  # constrain Σ_i L_i = 0 (β = population mean); see runner/choice/model.py
+    n_lambdas: int = 8  # points per λ path
+    lambda_min_ratio: float = 0.02  # smallest t in (λ1, λ2) = t·(λ1_max, c·λ2_max)
+    lambda2_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])  # the c's: one path each
+    cv_folds: int = 3
+    selection: str = "cv_1se"  # cv (minimum CV loss) | cv_1se (most parsimonious within one SE)
+    heldout_fraction: float = 0.2  # share of each individual's observations held out for evaluation
+    tol: float = 1e-9  # FISTA gradient-mapping tolerance for the path and the selected fit
+    cv_tol: float = 1e-6  # looser tolerance inside cross-validation
+    max_iter: int = 20000
+    rank_ratio_floor: float = 0.1  # recovery rank: largest gap σ_k/σ_{k+1}, σ floored at this·σ_1 (ratio_rank)
+    support_tol: float = 1e-4  # |β_k| above support_tol·max(1, max|β|) is in the support
+    compare_cvxpy: bool = True  # re-solve the selected (λ1, λ2) with cvxpy and compare objectives
+    cvxpy_solver: str = "CLARABEL"
+    cvxpy_max_individuals: int = 2000  # skip the cvxpy comparison above this many individuals
+    plain_logit: bool = True
+    mixed_logit: bool = True
+    mixed_draws: int = 100  # Halton draws per individual
+    mixed_random: list[str] | None = None  # random-coefficient features; null: every penalised feature
+    mixed_max_iter: int = 300
+
+    @staticmethod
+    def validate(cfg: DictConfig) -> None:
+        a, d = cfg.algorithm, cfg.dataset
+        for key in ("n_lambdas", "max_iter", "mixed_draws", "mixed_max_iter"):
+            if a[key] < 1:
+                raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
+        if a.cv_folds < 2:
+            raise ConfigError(f"algorithm.cv_folds={a.cv_folds} must be >= 2")
+        if not 0.0 < a.lambda_min_ratio < 1.0:
+            raise ConfigError(f"algorithm.lambda_min_ratio={a.lambda_min_ratio} must be in (0, 1)")
+        if not a.lambda2_scales or any(c <= 0 for c in a.lambda2_scales):
+            raise ConfigError(f"algorithm.lambda2_scales={list(a.lambda2_scales)} must be non-empty, all > 0")
+        if a.selection not in ("cv", "cv_1se"):
+            raise ConfigError(f"algorithm.selection={a.selection} must be one of: cv, cv_1se")
+        if not 0.0 < a.heldout_fraction < 0.5:
+            raise ConfigError(f"algorithm.heldout_fraction={a.heldout_fraction} must be in (0, 0.5)")
+        if a.tol <= 0 or a.cv_tol <= 0:
+            raise ConfigError("algorithm.tol and algorithm.cv_tol must be > 0")
+        if not 0.0 < a.rank_ratio_floor < 1.0:
+            raise ConfigError(f"algorithm.rank_ratio_floor={a.rank_ratio_floor} must be in (0, 1)")
+        if d.source == "file":
+            resolve_path(d.path, "dataset.path")
+        elif d.source != "builtin":
+            raise ConfigError(f"dataset.source={d.source} is not supported by latent_logit (use builtin or file)")
+
+
+# --------------------------------------------------------------------------- data
+def load_choice_dataset(d: DictConfig, seed: int) -> tuple[ChoiceData, Truth | None]:
+    """``source=builtin``: :func:`synthetic_panel` with ``dataset.params``; ``source=file``: Swissmetro at
+    ``dataset.path`` (params: ``purposes``, ``max_individuals``)."""
+    params = dict(d.params)
+    if d.source == "builtin":
+        try:
+            return synthetic_panel(**params, seed=derive_seed(seed, "choice-data"))
+        except TypeError as e:
+            raise ConfigError(f"dataset.params: {e}") from None
+    data = load_swissmetro(resolve_path(d.path, "dataset.path"), params.get("purposes"))
+    cap = params.get("max_individuals")
+    if cap and cap < data.n_ind:
+        keep = np.random.default_rng(derive_seed(seed, "subsample")).choice(data.n_ind, cap, replace=False)
+        remap = np.full(data.n_ind, -1)
+        remap[np.sort(keep)] = np.arange(cap)
+        rows = np.flatnonzero(remap[data.ind] >= 0)
+        data = ChoiceData(data.X[rows], data.y[rows], remap[data.ind[rows]], cap, data.avail[rows],
+                          data.feature_names, data.penalized, data.alternatives)
+    return data, None
+
+
+# --------------------------------------------------------------------------- evaluation helpers
+def _heldout(test: ChoiceData, log_probs: np.ndarray, acc: float, seconds: float, **extra: Any) -> dict[str, Any]:
+    return {"heldout_loglik": float(log_probs.sum()), "heldout_loglik_per_obs": float(log_probs.mean()),
+            "accuracy": acc, "seconds": seconds, **extra}
+
+
+def _recovery(fit: Fit, truth: Truth, penalized: np.ndarray, support_tol: float, rank_ratio_floor: float
+              ) -> dict[str, Any]:
+    """Support of β on the penalised coordinates (constants always in), rank and error of L vs the truth."""
+    est_support = set(fit.support(support_tol).tolist()) & set(np.flatnonzero(penalized).tolist())
+    true_support = set(np.flatnonzero((truth.beta != 0) & penalized).tolist())
+    tp = len(est_support & true_support)
+    s = fit.singular_values()
+    rank = ratio_rank(s, rank_ratio_floor)
+    return {
+        "support_true": sorted(true_support), "support_estimated": sorted(est_support),
+        "support_recovered": est_support == true_support,
+        "support_precision": tp / max(1, len(est_support)), "support_recall": tp / max(1, len(true_support)),
+        "rank_true": truth.rank, "rank_estimated": rank, "rank_nonzero": fit.rank,
+        "rank_above_10pct": int(np.sum(s > 0.1 * s[0])) if s.size else 0,
+        "rank_recovered": rank == truth.rank,
+        "L_relative_error": float(np.linalg.norm(fit.L - truth.L) / np.linalg.norm(truth.L)),
+        "beta_relative_error": float(np.linalg.norm(fit.beta - truth.beta) / np.linalg.norm(truth.beta)),
+        "singular_values_estimated": s[: max(4, truth.rank + 2)].tolist(),
+        "singular_values_true": np.linalg.svd(truth.L, compute_uv=False)[: max(4, truth.rank + 2)].tolist(),
+    }
+
+
+def _fit_summary(fit: Fit) -> dict[str, Any]:
+    return {"objective": fit.objective, "optimality_residual": fit.residual, "rank": fit.rank,
+            "seconds": fit.seconds, "iterations": fit.iterations,
+            **{k: v for k, v in fit.info.items() if isinstance(v, (int, float, str, bool))}}
+
+
+# --------------------------------------------------------------------------- the recipe
+def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """Fit the convex latent-effect logit with λ selection, the baselines, and report (see module docstring)."""
+    a = cfg.algorithm
+    device = str(ctx.device)
+    data, truth = load_choice_dataset(cfg.dataset, ctx.seed)
+    train, test = heldout_split(data, a.heldout_fraction, derive_seed(ctx.seed, "heldout"))
+    results: dict[str, Any] = {"dataset": {
+        "name": cfg.dataset.name, "kind": "binary" if data.binary else "multinomial",
+        "n_individuals": data.n_ind, "n_obs_train": train.n_obs, "n_obs_heldout": test.n_obs,
+        "n_features": data.p, "features": data.feature_names, "alternatives": data.alternatives}}
+    models: dict[str, Any] = {}
+
+    # λ grid, cross-validation within individuals, warm-started path
+    t0 = time.perf_counter()
+    n_path = a.n_lambdas
+    grid, beta_u = lambda_grid(train, n_path, a.lambda_min_ratio, list(a.lambda2_scales), a.center)
+    cv = cross_validate(train, grid, n_path, a.cv_folds, derive_seed(ctx.seed, "cv"), a.selection == "cv_1se",
+                        device, a.center, lambda it: ctx.progress(it, desc="cv folds"),
+                        tol=a.cv_tol, max_iter=a.max_iter)
+    fits = fit_path(train, grid, n_path, beta_u, device=device, center=a.center, tol=a.tol, max_iter=a.max_iter)
+    selection_seconds = time.perf_counter() - t0
+    for k, (f, (l1, l2)) in enumerate(zip(fits, grid)):
+        ctx.log({"lambda1": l1, "lambda2": l2, "cv_nll": cv.mean[k], "cv_se": cv.se[k], "objective": f.objective,
+                 "rank": f.rank, "support_size": int(f.support(a.support_tol).size), "iterations": f.iterations,
+                 "seconds": f.seconds}, step=k, stage="path")
+    sel = fits[cv.selected]
+    results["selection"] = {"index": cv.selected, "best_index": cv.best, "rule": a.selection, "lambda1": sel.lam1,
+                            "lambda2": sel.lam2, "cv_nll": float(cv.mean[cv.selected]),
+                            "cv_nll_best": float(cv.mean[cv.best]), "grid_size": len(grid),
+                            "seconds": selection_seconds}
+
+    # the selected (λ1, λ2) solved from scratch by both solvers
+    problem = LatentLogitProblem(train, device, a.center)
+    first = fista(problem, sel.lam1, sel.lam2, beta_u, None, max_iter=a.max_iter, tol=a.tol)
+    solvers: dict[str, Any] = {"fista": _fit_summary(first)}
+    if a.compare_cvxpy and train.n_ind <= a.cvxpy_max_individuals:
+        from runner.choice.cvx import CvxpyLatentLogit
+
+        t1 = time.perf_counter()
+        conic = CvxpyLatentLogit(train, a.cvxpy_solver, center=a.center)
+        cfit = conic.solve(sel.lam1, sel.lam2)
+        solvers["cvxpy"] = {**_fit_summary(cfit), "seconds_with_compile": time.perf_counter() - t1}
+        solvers["relative_objective_gap"] = (first.objective - cfit.objective) / abs(cfit.objective)
+        solvers["speedup_fista_vs_cvxpy"] = cfit.seconds / max(first.seconds, 1e-9)
+    results["solvers"] = solvers
+
+    lp = predict_log_probs(test, first.beta, first.L)
+    models["latent_logit"] = _heldout(test, lp, accuracy(test, first.beta, first.L), selection_seconds,
+                                      fit_seconds=first.seconds, rank=first.rank,
+                                      rank_ratio_estimate=ratio_rank(first.singular_values(), a.rank_ratio_floor),
+                                      support=[data.feature_names[k] for k in first.support(a.support_tol)],
+                                      beta=dict(zip(data.feature_names, first.beta.tolist())))
+    if truth is not None:
+        results["recovery"] = _recovery(first, truth, train.penalized, a.support_tol, a.rank_ratio_floor)
+
+    # baselines
+    if a.plain_logit:
+        t1 = time.perf_counter()
+        b = fit_plain_logit(train)
+        secs = time.perf_counter() - t1
+        models["plain_logit"] = _heldout(test, predict_log_probs(test, b, None), accuracy(test, b, None), secs,
+                                         beta=dict(zip(data.feature_names, b.tolist())))
+    if a.mixed_logit:
+        names = list(a.mixed_random) if a.mixed_random is not None else \
+            [n for n, pen in zip(data.feature_names, data.penalized) if pen]
+        unknown = [n for n in names if n not in data.feature_names]
+        if unknown:
+            raise ConfigError(f"algorithm.mixed_random names unknown features {unknown} "
+                              f"(features: {', '.join(data.feature_names)})")
+        random = np.array([data.feature_names.index(n) for n in names], dtype=np.int64)
+        ml = fit_mixed_logit(train, random, a.mixed_draws, derive_seed(ctx.seed, "halton"), a.mixed_max_iter)
+        models["mixed_logit"] = _heldout(test, ml.heldout_log_probs(train, test), ml.heldout_accuracy(train, test),
+                                         ml.seconds, iterations=ml.iterations, simulated_loglik_train=ml.loglik,
+                                         mean=dict(zip(data.feature_names, ml.mu.tolist())),
+                                         sd=dict(zip(names, np.abs(ml.sigma).tolist())))
+    results["models"] = models
+
+    # plots: the λ path (CV loss and rank) and the singular values
+    series_cv, series_rank = {}, {}
+    for j, c in enumerate(a.lambda2_scales):
+        idx = range(j * n_path, (j + 1) * n_path)
+        xs = [grid[k][0] for k in idx]
+        series_cv[f"λ2 scale {c:g}"] = (xs, [float(cv.mean[k]) for k in idx])
+        series_rank[f"λ2 scale {c:g}"] = (xs, [fits[k].rank for k in idx])
+    ctx.plot("lambda_path_cv", series_cv, "λ1", "CV held-out NLL per obs", title="λ path: cross-validation")
+    ctx.plot("lambda_path_rank", series_rank, "λ1", "rank of L", title="λ path: rank")
+    s = first.singular_values()
+    sv_series = {"selected L": (list(range(1, s.size + 1)), s.tolist())}
+    if truth is not None:
+        st = np.linalg.svd(truth.L, compute_uv=False)
+        sv_series["true L"] = (list(range(1, st.size + 1)), st.tolist())
+    ctx.plot("singular_values", sv_series, "index", "singular value", title="singular values of L", kind="scatter")
+    return results

@@ -132,9 +132,9 @@ class GuardEvalConfig:
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES_1B))
     prompt_wrap: str = "auto"
     test_fraction: float = 0.3
-    train_steps: int = 300  # tiny models only; released guards are evaluated as they are
+    train_steps: int = 800  # tiny models only; released guards are evaluated as they are
     batch_size: int = 16
-    lr: float = 3.0e-3
+    lr: float = 1.0e-2
     warmup_steps: int = 20
     checkpoint_every: int = 100
     eval_batch_size: int = 32

@@ -48,23 +48,23 @@ class LlamaGuard1BInt4Config:
     warmup_steps: int = 10
     checkpoint_every: int = 50
     # source guard (tiny models only; a released guard is already trained)
-    source_steps: int = 300
-    source_lr: float = 3.0e-3
+    source_steps: int = 800
+    source_lr: float = 1.0e-2
     # 1. calibration
     calibration_batches: int = 8
     # 2.–3. pruning
-    keep_layers: int = 3
-    mlp_size: int = 288
+    keep_layers: int = 1
+    mlp_size: int = 96
     # 4. distillation: (1 − r)·CE + r·T²·KL(teacher ‖ student)
-    distill_steps: int = 200
-    distill_lr: float = 1.0e-3
+    distill_steps: int = 300
+    distill_lr: float = 2.0e-3
     distill_ratio: float = 0.5
     temperature: float = 1.0
     # 5. QAT
     group_size: int = 32
     quantize_embedding: bool = True
     qat_steps: int = 100
-    qat_lr: float = 2.0e-4
+    qat_lr: float = 5.0e-4
     # 6. output-layer pruning
     prune_output: bool = True
     # evaluation and latency

@@ -19,10 +19,10 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from runner.core.checkpoint import rng_state, set_rng_state
 from runner.core.context import RunContext
 from runner.data.moderation import ModerationExample
 from runner.guard.format import guard_answer, guard_instruction, render
+from runner.models.finetune import ResumableOptimizer
 
 
 @dataclass
@@ -98,28 +98,15 @@ def train_guard(model: Any, data: Sequence[tuple[list[int], list[int]]], cfg: Gu
                 evaluate: Callable[[], dict[str, float]] | None = None) -> list[dict[str, float]]:
     """Train ``model`` on encoded guard examples (optionally distilling ``teacher``); resume from ``stage``'s
     checkpoint if there is one. Returns the logged records of this call."""
-    from transformers import get_cosine_schedule_with_warmup
-
     model.train()
-    params = [p for p in model.parameters() if p.requires_grad]
-    opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps - 1), cfg.steps)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    start = 0
-    state = ctx.restore(stage)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    opt = ResumableOptimizer.create(model, cfg, ctx.seed, params=(p for p in model.parameters() if p.requires_grad))
+    start = opt.restore(ctx, stage)
     if teacher is not None:
         teacher.eval()
     records = []
     bar = ctx.progress(total=cfg.steps, initial=start, desc=stage)
     for step in range(start + 1, cfg.steps + 1):
-        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=gen).tolist()
+        idx = torch.randint(0, len(data), (cfg.batch_size,), generator=opt.generator).tolist()
         batch = {k: v.to(model.device) for k, v in collate([data[i] for i in idx], pad_id).items()}
         logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         t_logits = None
@@ -127,21 +114,14 @@ def train_guard(model: Any, data: Sequence[tuple[list[int], list[int]]], cfg: Gu
             with torch.no_grad():
                 t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
         loss, parts = guard_loss(logits, batch["labels"], t_logits, cfg.distill_ratio, cfg.temperature)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        metrics = {"loss": loss.item(), **parts, "lr": sched.get_last_lr()[0]}
+        metrics = {"loss": loss.item(), **parts, "lr": opt.step(loss)}
         if evaluate is not None and step == cfg.steps:
             metrics.update(evaluate())
         ctx.log(metrics, step, stage)
         records.append(metrics)
         bar.update(1)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            ctx.save(stage, step, {"model": model.state_dict(), "optimizer": opt.state_dict(),
-                                   "scheduler": sched.state_dict(), "generator": gen.get_state(),
-                                   "rng": rng_state(), "step": step})
+            opt.save(ctx, stage, step)
     bar.close()
     model.eval()
     return records

@@ -96,44 +96,76 @@ def evaluate_loss(model: Any, stream: torch.Tensor, seq_len: int, batch_size: in
 
 
 # --------------------------------------------------------------------------- training
+@dataclass
+class ResumableOptimizer:
+    """AdamW with warmup + cosine schedule and the data sampler's generator: the state of a training stage.
+
+    ``restore`` loads a stage's newest checkpoint (weights, optimizer, schedule, sampler and global RNGs)
+    and returns the step to continue from; ``save`` writes them. Training loops built on it resume
+    bit-identically.
+    """
+
+    model: Any
+    optimizer: torch.optim.Optimizer
+    scheduler: Any
+    generator: torch.Generator
+
+    @classmethod
+    def create(cls, model: Any, cfg: Any, seed: int, params: Any = None) -> ResumableOptimizer:
+        from transformers import get_cosine_schedule_with_warmup
+
+        params = list(params if params is not None else model.parameters())
+        opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = get_cosine_schedule_with_warmup(opt, min(cfg.warmup_steps, cfg.steps - 1), cfg.steps)
+        return cls(model, opt, sched, torch.Generator().manual_seed(seed))
+
+    def restore(self, ctx: RunContext, stage: str) -> int:
+        state = ctx.restore(stage)
+        if state is None:
+            return 0
+        self.model.load_state_dict(state["model"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.generator.set_state(state["generator"])
+        set_rng_state(state["rng"])
+        return int(state["step"])
+
+    def save(self, ctx: RunContext, stage: str, step: int) -> None:
+        ctx.save(stage, step, {
+            "model": self.model.state_dict(), "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(), "generator": self.generator.get_state(),
+            "rng": rng_state(), "step": step,
+        })
+
+    def step(self, loss: torch.Tensor, max_grad_norm: float = 1.0) -> float:
+        """Backward, clip, optimizer and schedule step; returns the learning rate used."""
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), max_grad_norm)
+        self.optimizer.step()
+        lr = self.scheduler.get_last_lr()[0]
+        self.scheduler.step()
+        return lr
+
+
 def finetune(model: Any, train: torch.Tensor, cfg: Any, ctx: RunContext, stage: str = "finetune",
              evaluate: Callable[[], dict[str, float]] | None = None) -> None:
     """Train ``model`` on windows of ``train``; log loss, evaluate and checkpoint; resume if a checkpoint exists."""
-    from transformers import get_cosine_schedule_with_warmup
-
     model.train()
-    opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    sched = get_cosine_schedule_with_warmup(opt, cfg.warmup_steps, cfg.steps)
-    gen = torch.Generator().manual_seed(ctx.seed)
-    start = 0
-    state = ctx.restore(stage)
-    if state is not None:
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        gen.set_state(state["generator"])
-        set_rng_state(state["rng"])
-        start = state["step"]
+    opt = ResumableOptimizer.create(model, cfg, ctx.seed)
+    start = opt.restore(ctx, stage)
     bar = ctx.progress(total=cfg.steps, initial=start, desc=stage)
     for step in range(start + 1, cfg.steps + 1):
-        batch = sample_windows(train, cfg.batch_size, cfg.seq_len, gen).to(model.device)
+        batch = sample_windows(train, cfg.batch_size, cfg.seq_len, opt.generator).to(model.device)
         loss = model(input_ids=batch, labels=batch).loss
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        metrics = {"loss": loss.item(), "lr": sched.get_last_lr()[0]}
+        metrics = {"loss": loss.item(), "lr": opt.step(loss)}
         if evaluate is not None and (step % cfg.eval_every == 0 or step == cfg.steps):
             metrics.update(evaluate())
         ctx.log(metrics, step, stage)
         bar.update(1)
         bar.set_postfix(loss=f"{metrics['loss']:.3f}", refresh=False)
         if step % cfg.checkpoint_every == 0 or step == cfg.steps:
-            ctx.save(stage, step, {
-                "model": model.state_dict(), "optimizer": opt.state_dict(), "scheduler": sched.state_dict(),
-                "generator": gen.get_state(), "rng": rng_state(), "step": step,
-            })
+            opt.save(ctx, stage, step)
     bar.close()
     model.eval()
 

@@ -32,8 +32,18 @@ def test_bad_config_names_the_key(override, key):
         compose_recipe("llamaguard_1b_int4", [override])
 
 
-def test_llamaguard_1b_int4_smoke_and_resume(tmp_path):
-    r = run_recipe("llamaguard_1b_int4", ["run.smoke=true", "run.progress=false"], run_dir=tmp_path)
+SMOKE = ["run.smoke=true", "run.progress=false"]
+
+
+@pytest.fixture(scope="module")
+def smoke_run(tmp_path_factory):
+    """One smoke run of the pipeline, shared by the stage-table and resume tests (the resume test runs last)."""
+    run_dir = tmp_path_factory.mktemp("llamaguard_1b_int4")
+    return run_dir, run_recipe("llamaguard_1b_int4", SMOKE, run_dir=run_dir)
+
+
+def test_llamaguard_1b_int4_smoke_stage_table(smoke_run):
+    run_dir, r = smoke_run
     stages = r["stages"]
     assert list(stages) == ["source", "pruned", "distilled", "int4", "int4_output_pruned"]
     for row in stages.values():
@@ -41,22 +51,26 @@ def test_llamaguard_1b_int4_smoke_and_resume(tmp_path):
     assert stages["pruned"]["params"] < stages["source"]["params"]
     assert stages["int4"]["bytes"] < stages["distilled"]["bytes"] / 2
     assert stages["int4_output_pruned"]["bytes"] < stages["int4"]["bytes"]
-    export = tmp_path / "export" / "guard_int4.safetensors"
+    export = run_dir / "export" / "guard_int4.safetensors"
     assert export.stat().st_size == stages["int4_output_pruned"]["bytes"]
     assert r["compression_ratio_vs_fp32_source"] == pytest.approx(stages["source"]["bytes"] / export.stat().st_size)
     assert len(r["kept_blocks"]) == 1
 
+
+def test_llamaguard_1b_int4_resume_rebuilds_last_stage(smoke_run):
+    run_dir, r = smoke_run
+    stages = r["stages"]
     # resume: drop the last stage's marker; the re-run rebuilds it from the QAT checkpoint and gets the same row
-    (tmp_path / "checkpoints" / "int4_output_pruned" / "done.json").unlink()
-    again = run_recipe("llamaguard_1b_int4", ["run.smoke=true", "run.progress=false"], run_dir=tmp_path)
+    (run_dir / "checkpoints" / "int4_output_pruned" / "done.json").unlink()
+    again = run_recipe("llamaguard_1b_int4", SMOKE, run_dir=run_dir)
     assert again["run"]["resumed"]
     for key in ("params", "bytes", "f1", "fpr", "auprc"):
         assert again["stages"]["int4_output_pruned"][key] == stages["int4_output_pruned"][key]
-    assert json.loads((tmp_path / "results.json").read_text())["f1_gap"] == r["f1_gap"]
+    assert json.loads((run_dir / "results.json").read_text())["f1_gap"] == r["f1_gap"]
 
 
 def test_guard_eval_smoke(tmp_path):
-    r = run_recipe("guard_eval", ["run.smoke=true", "run.progress=false"], run_dir=tmp_path)
+    r = run_recipe("guard_eval", SMOKE, run_dir=tmp_path)
     m = r["metrics"]
     assert m["n"] == r["num_test"] and 0.0 <= m["f1"] <= 1.0 and 0.0 <= m["auprc"] <= 1.0
     assert len(r["threshold_curves"]["f1"]) == 21

@@ -97,3 +97,16 @@ def test_write_json_cleans_numpy_torch_and_non_finite(tmp_path):
                                          "d": {"e": np.arange(2)}})
     assert json.loads(p.read_text()) == {"a": 1.5, "b": 2, "c": [None, "inf"], "d": {"e": [0, 1]}}
     assert flatten({"a": {"b": 1, "c": {"d": 2}}}) == {"a.b": 1, "a.c.d": 2}
+
+
+def test_restoring_a_finished_stage_keeps_later_stages_records(tmp_path):
+    metrics = tmp_path / "metrics.jsonl"
+    log = JsonlLogger(metrics)
+    ck = Checkpointer(tmp_path / "ck", keep=1, metrics_path=metrics)
+    log.log({"x": 1}, 1, "a")
+    ck.save("a", 1, {})
+    log.log({"x": 2}, 2, "a")  # logged after a's checkpoint: a crashed mid-stage
+    log.log({"y": 1}, 1, "b")
+    JsonlLogger.truncate(metrics, ck.load("a")["n_metric_records"], "a")
+    assert [(r["stage"], r["step"]) for r in JsonlLogger.read(metrics)] == [("a", 1), ("b", 1)]
+    log.close()

@@ -98,7 +98,7 @@ class RunContext:
         ckpt = self.checkpoints.load(stage)
         if ckpt is None:
             return None
-        JsonlLogger.truncate(self.metrics_path, ckpt["n_metric_records"])
+        JsonlLogger.truncate(self.metrics_path, ckpt["n_metric_records"], stage)
         return ckpt["state"]
 
     def save(self, stage: str, step: int, state: dict[str, Any]) -> Path:

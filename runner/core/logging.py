@@ -53,13 +53,18 @@ class JsonlLogger:
         return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
     @staticmethod
-    def truncate(path: Path, n_records: int) -> None:
-        """Keep the first ``n_records`` records (used on resume to drop steps after the checkpoint)."""
+    def truncate(path: Path, n_records: int, stage: str | None = None) -> None:
+        """Rewind to a checkpoint: drop the records after the first ``n_records`` that belong to ``stage``.
+
+        Records of other stages are kept, so restoring a finished stage's weights later in a run does not
+        erase what the stages after it logged. ``stage=None`` drops every record after ``n_records``.
+        """
         path = Path(path)
         if not path.exists():
             return
-        lines = [line for line in path.read_text().splitlines() if line.strip()][:n_records]
-        path.write_text("".join(line + "\n" for line in lines))
+        lines = [line for line in path.read_text().splitlines() if line.strip()]
+        tail = [ln for ln in lines[n_records:] if stage is not None and json.loads(ln).get("stage") != stage]
+        path.write_text("".join(line + "\n" for line in lines[:n_records] + tail))
 
 
 class WandbLogger:

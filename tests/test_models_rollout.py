@@ -154,6 +154,16 @@ def test_stop_strings_and_chat_prompts(tiny):
     assert a.token_ids == b.token_ids
 
 
+def test_stop_token_ids_end_a_completion(tiny):
+    model, tok = tiny
+    engine = HFEngine(model, tok)
+    (free,) = engine.generate(["z"], SamplingParams(max_new_tokens=16, temperature=0.0))
+    stop_id = free.token_ids[3]
+    (cut,) = engine.generate(["z"], SamplingParams(max_new_tokens=16, temperature=0.0, stop_token_ids=[stop_id]))
+    first = free.token_ids.index(stop_id)
+    assert cut.token_ids == free.token_ids[: first + 1] and cut.finish_reason == "stop"
+
+
 def test_sampling_params_reject_bad_values():
     for bad in ({"temperature": -1}, {"top_p": 0}, {"max_new_tokens": 0}, {"n": 0}, {"top_k": -2}):
         with pytest.raises(ValueError):

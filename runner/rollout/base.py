@@ -26,6 +26,7 @@ class SamplingParams:
     n: int = 1
     seed: int | None = None
     stop: list[str] = field(default_factory=list)
+    stop_token_ids: list[int] = field(default_factory=list)  # besides EOS, e.g. a chat template's end-of-turn
 
     def __post_init__(self) -> None:
         if self.max_new_tokens < 1:

@@ -68,7 +68,7 @@ class HFEngine:
             output_scores=True,
             return_dict_in_generate=True,
             pad_token_id=tok.pad_token_id,
-            eos_token_id=tok.eos_token_id,
+            eos_token_id=[tok.eos_token_id, *params.stop_token_ids],
         )
         prompt_len = enc["input_ids"].shape[1]
         new_ids = gen.sequences[:, prompt_len:]
@@ -80,8 +80,10 @@ class HFEngine:
             i, j = divmod(row, params.n)
             ids = new_ids[row].tolist()
             finish = "length"
-            if tok.eos_token_id in ids:
-                ids = ids[: ids.index(tok.eos_token_id) + 1]
+            stops = {tok.eos_token_id, *params.stop_token_ids}
+            end = next((k for k, t in enumerate(ids) if t in stops), None)
+            if end is not None:
+                ids = ids[: end + 1]
                 finish = "stop"
             text = tok.decode(ids, skip_special_tokens=True)
             if params.stop:

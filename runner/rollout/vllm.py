@@ -56,7 +56,8 @@ class VLLMEngine:
         return self.vllm.SamplingParams(
             n=params.n, temperature=params.temperature, top_p=params.top_p,
             top_k=params.top_k if params.top_k > 0 else -1, max_tokens=params.max_new_tokens,
-            seed=params.seed, stop=list(params.stop) or None, logprobs=0,
+            seed=params.seed, stop=list(params.stop) or None, stop_token_ids=list(params.stop_token_ids) or None,
+            logprobs=0,
         )
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams) -> list[Rollout]:

@@ -1,0 +1,1 @@
+"""LLM safety: toy safety world, judges, evaluation harness, safety baselines, WaltzRL, RECAP."""

@@ -11,6 +11,7 @@ if [[ -x .venv/bin/python && -f $stamp && "$(cat $stamp)" == "$want" ]]; then
   exit 0
 fi
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
-.venv/bin/python -c "import torch" 2>/dev/null || .venv/bin/python -m pip install -q "torch==2.13.0"
-.venv/bin/python -m pip install -q -e ".[dev]"
+quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
+.venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/python -m pip install -q "torch==2.13.0"
+quiet .venv/bin/python -m pip install -q -e ".[dev]"
 echo "$want" > "$stamp"

@@ -21,19 +21,11 @@ def binary_metrics(y_true: Sequence[bool], y_pred: Sequence[bool]) -> dict[str, 
 
 
 def average_precision(y_true: Sequence[bool], scores: Sequence[float]) -> float:
-    """Area under the precision-recall curve as average precision: Σ_n (R_n − R_{n−1}) P_n over score thresholds."""
+    """Area under the precision-recall curve as scikit-learn's average precision; 0 when there is no positive."""
+    from sklearn.metrics import average_precision_score
+
     t = np.asarray(y_true, dtype=bool)
-    s = np.asarray(scores, dtype=float)
-    if t.sum() == 0:
-        return 0.0
-    order = np.argsort(-s, kind="mergesort")
-    s, t = s[order], t[order]
-    last = np.r_[np.flatnonzero(np.diff(s)), len(s) - 1]  # one point per distinct threshold
-    tp = np.cumsum(t)[last]
-    fp = (last + 1) - tp
-    precision = tp / (tp + fp)
-    recall = tp / t.sum()
-    return float(np.sum(np.diff(np.r_[0.0, recall]) * precision))
+    return float(average_precision_score(t, np.asarray(scores, dtype=float))) if t.any() else 0.0
 
 
 def threshold_curves(y_true: Sequence[bool], scores: Sequence[float], thresholds: Sequence[float]

@@ -58,6 +58,7 @@ from runner.core.context import RunContext
 from runner.core.errors import ConfigError
 from runner.core.seeding import derive_seed
 from runner.data.safety import SafetyRecord
+from runner.guard.metrics import binary_metrics
 from runner.rollout.base import SamplingParams
 from runner.safety.common import EvalConfig, PromptSets, WarmStartConfig, check_common, prompt_sets, save_for_engine
 from runner.safety.evaluate import (
@@ -695,13 +696,8 @@ def collaborative_system(conversation: Agent, feedback: Agent, protocol: Any) ->
 
 
 def _f1(pred: Sequence[bool], true: Sequence[bool]) -> dict[str, float]:
-    tp = sum(p and t for p, t in zip(pred, true))
-    fp = sum(p and not t for p, t in zip(pred, true))
-    fn = sum(t and not p for p, t in zip(pred, true))
-    precision = tp / (tp + fp) if tp + fp else 0.0
-    recall = tp / (tp + fn) if tp + fn else 0.0
-    f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
-    return {"precision": precision, "recall": recall, "f1": f1}
+    m = binary_metrics(true, pred)
+    return {k: m[k] for k in ("precision", "recall", "f1")}
 
 
 def feedback_label_metrics(rows: Sequence[dict[str, Any]], judge: Judge) -> dict[str, Any]:

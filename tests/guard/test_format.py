@@ -133,6 +133,9 @@ def test_binary_metrics_and_auprc_match_sklearn():
     assert m["precision"] == pytest.approx(p) and m["recall"] == pytest.approx(r) and m["f1"] == pytest.approx(f)
     assert m["fpr"] == pytest.approx(fp / (fp + tn))
     assert average_precision(y, s) == pytest.approx(average_precision_score(y, s))
+    # by hand: positives at ranks 1 and 3 → AP = ½·1 + ½·⅔
+    assert average_precision([True, False, True], [0.9, 0.8, 0.7]) == pytest.approx(5 / 6)
+    assert average_precision([False, False], [0.2, 0.1]) == 0.0
     curves = threshold_curves(y, s, [0.0, 0.5, 1.01])
     assert curves["recall"][0] == 1.0 and curves["f1"][1] == pytest.approx(f) and curves["fpr"][2] == 0.0
 

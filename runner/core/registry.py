@@ -7,8 +7,8 @@ Kinds:
 - ``algorithm``: a recipe entry point ``run(cfg, ctx) -> results``, keyed by ``algorithm.name``;
 - ``schema.<group>``: the dataclass schema of a config group option, keyed by the option's ``name``
   (``schema.algorithm`` is required for every algorithm; other groups fall back to a default schema);
-- ``trainer``, ``evaluator``, ``simulator``, ``rollout``, ``judge``, ``logger``: components that the
-  methods look up by the name written in the config.
+- ``trainer``, ``evaluator``, ``simulator``, ``rollout``, ``judge``, ``logger``, ``embedder``,
+  ``fl_backend``: components that the methods look up by the name written in the config.
 
 Extras: entries whose import needs an optional dependency name it, so a missing one says what to install.
 """

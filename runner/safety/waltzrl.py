@@ -46,6 +46,7 @@ than the base agent.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import random
 from collections.abc import Callable, Sequence
@@ -231,24 +232,18 @@ def end_of_turn_ids(tokenizer: Any) -> set[int]:
 def engine_agent(engine: Any, params: SamplingParams, tokenizer: Any = None) -> Agent:
     """An agent backed by a rollout engine (``hf`` or ``vllm``), sampling with ``params``.
 
-    With ``tokenizer``, a turn is cut after its first end-of-turn token (multi-turn chat models may go on
-    to write the next user turn); the kept tokens are what the agent is trained on.
+    With ``tokenizer``, the engine also stops at the chat template's end-of-turn token (multi-turn chat
+    models may go on to write the next user turn); the kept tokens are what the agent is trained on.
     """
-    stop = end_of_turn_ids(tokenizer) if tokenizer is not None else set()
+    if tokenizer is not None:
+        stop_ids = sorted(end_of_turn_ids(tokenizer) - {tokenizer.eos_token_id})
+        params = dataclasses.replace(params, stop_token_ids=sorted({*params.stop_token_ids, *stop_ids}))
 
     def act(batch: Sequence[Messages]) -> list[Turn]:
         if not batch:
             return []
         rollouts = sorted(engine.generate(list(batch), params), key=lambda r: (r.prompt_index, r.sample_index))
-        out = []
-        for r in rollouts:
-            ids, text = list(r.token_ids), r.text
-            cut = next((k for k, t in enumerate(ids) if t in stop), None)
-            if cut is not None and cut + 1 < len(ids):
-                ids = ids[: cut + 1]
-                text = tokenizer.decode(ids, skip_special_tokens=True)
-            out.append(Turn(text, list(r.prompt_token_ids), ids))
-        return out
+        return [Turn(r.text, list(r.prompt_token_ids), list(r.token_ids)) for r in rollouts]
 
     return act
 

@@ -282,9 +282,13 @@ def test_engine_agent_cuts_a_turn_at_end_of_turn():
     ids = tok("Sorry, I can't help.<|end|><|user|>Feedback: x", add_special_tokens=False)["input_ids"]
 
     class FakeEngine:
+        """Honours ``stop_token_ids`` as the engines do: the completion ends with the first stop token."""
+
         def generate(self, prompts, params):
-            return [Rollout(i, 0, tok.decode(ids, skip_special_tokens=True), ids, [0.0] * len(ids), "length", [5, 6])
-                    for i in range(len(prompts))]
+            end = next(k for k, t in enumerate(ids) if t in params.stop_token_ids)
+            kept = ids[: end + 1]
+            return [Rollout(i, 0, tok.decode(kept, skip_special_tokens=True), kept, [0.0] * len(kept), "stop",
+                            [5, 6]) for i in range(len(prompts))]
 
     (turn,) = engine_agent(FakeEngine(), SamplingParams(), tok)([[{"role": "user", "content": "hi"}]])
     assert turn.text == "Sorry, I can't help." and turn.token_ids[-1] == tok.convert_tokens_to_ids("<|end|>")

@@ -277,5 +277,8 @@ def main(argv: Sequence[str] | None = None) -> None:
     argv = list(sys.argv[1:] if argv is None else argv)
     register()
     preflight(argv)
+    from runner.core.sweep import pin_sweep_dir
+
+    argv = pin_sweep_dir(argv)  # one sweep folder for all jobs, whichever process a launcher runs them in
     sys.argv = [sys.argv[0], *argv]
     hydra.main(config_path=str(CONF_DIR), config_name="config", version_base="1.3")(_hydra_task)()

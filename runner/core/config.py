@@ -16,6 +16,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from runner.core import registry
+from runner.core.claims import parse_claims
 from runner.core.errors import ConfigError
 
 GROUPS = ("algorithm", "model", "dataset", "hardware", "privacy", "logger")
@@ -178,7 +179,7 @@ def bind_schemas(cfg: DictConfig) -> DictConfig:
             "'recipe' arrived as a plain key, not a selected recipe: the recipe group was not registered "
             "(run through `python -m runner +recipe=NAME`)"
         )
-    allowed_top = {"seed", "run", *GROUPS}
+    allowed_top = {"seed", "run", "claims", *GROUPS}
     unknown = [k for k in cfg.keys() if k not in allowed_top and k != "hydra"]
     if unknown:
         allowed = ", ".join(sorted(allowed_top))
@@ -193,6 +194,7 @@ def bind_schemas(cfg: DictConfig) -> DictConfig:
     if not isinstance(out["seed"], int) or isinstance(out["seed"], bool):
         raise ConfigError(f"bad value for seed: expected an integer, got {out['seed']!r}")
     out["run"] = _bind(cfg.get("run", OmegaConf.create({})), RunConfig, "run")
+    out["claims"] = _claims(cfg.get("claims"))
     for group in GROUPS:
         node = cfg[group]
         name = node.get("name") if isinstance(node, DictConfig) else None
@@ -202,6 +204,15 @@ def bind_schemas(cfg: DictConfig) -> DictConfig:
     bound = OmegaConf.create(out)
     OmegaConf.set_struct(bound, True)
     return bound
+
+
+def _claims(node: Any) -> dict[str, Any]:
+    """The ``claims:`` block (name → expression over results.json; see runner.core.claims) as a plain dict."""
+    if node is None:
+        return {}
+    if not isinstance(node, DictConfig):
+        raise ConfigError(f"claims must be a mapping of name → expression, got {node!r}")
+    return OmegaConf.to_container(node, resolve=True)  # type: ignore[return-value]
 
 
 def available_recipes() -> list[str]:
@@ -266,6 +277,7 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"bad value for logger.wandb.mode: '{mode}' (allowed: offline, online, disabled)")
     if bound.run.checkpoint_keep < 1:
         raise ConfigError("run.checkpoint_keep must be >= 1")
+    parse_claims(bound.claims)  # syntax of every claim, before anything runs
 
     algo_check = getattr(schema_for("algorithm", bound.algorithm.name), "validate", None)
     if callable(algo_check):

@@ -18,12 +18,13 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.core import report
 from runner.core.checkpoint import Checkpointer
+from runner.core.claims import claims_markdown, evaluate_claims
 from runner.core.errors import ConfigError
 from runner.core.logging import JsonlLogger, MetricLogger
 from runner.core.seeding import seed_everything
 
 CONFIG_FILE = "run_config.yaml"
-_IGNORED_ON_RESUME = ("run.resume", "run.dir", "run.progress")
+_IGNORED_ON_RESUME = ("run.resume", "run.dir", "run.progress", "claims")  # claims judge results, not make them
 
 
 def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
@@ -63,16 +64,26 @@ class RunContext:
         return cls(cfg, run_dir, resumed, loggers)
 
     def finish(self, results: Mapping[str, Any], notes: str = "") -> dict[str, Any]:
-        """Write ``results.json`` and ``summary.md``; close the loggers. Returns what was written."""
+        """Write ``results.json`` (with the recipe's claims judged on it) and ``summary.md``; close the loggers.
+
+        The claims are judged here, by core, on the results exactly as written; the method never judges
+        itself. Returns what was written.
+        """
+        reserved = {"claims", "claims_info"} & set(results)
+        if reserved:
+            raise ValueError(f"results may not contain {sorted(reserved)}: core writes the claims")
         out = dict(results)
         out.setdefault("run", {})
         out["run"] = {**out["run"], "name": self.cfg.run.name, "seed": self.seed, "dir": str(self.dir),
                       "resumed": self.resumed, "wall_seconds": round(time.time() - self._t0, 3)}
+        holds, info = evaluate_claims(self.cfg.get("claims"), report.jsonable(out))
+        if holds:
+            out["claims"], out["claims_info"] = holds, info
         report.write_json(self.dir / "results.json", out)
         choices = {g: self.cfg[g].name for g in ("algorithm", "model", "dataset", "hardware", "privacy")}
         choices["seed"] = self.seed
         report.write_summary(self.dir / "summary.md", f"Run {self.cfg.run.name}", results, choices,
-                             self.plots, notes)
+                             self.plots, notes, claims=claims_markdown(info) if info else "")
         self.close()
         return out
 

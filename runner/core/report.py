@@ -25,6 +25,11 @@ def _clean(v: Any) -> Any:
     return v
 
 
+def jsonable(data: Mapping[str, Any]) -> dict[str, Any]:
+    """``data`` exactly as ``results.json`` will hold it (string keys, plain numbers, ``"inf"`` strings)."""
+    return json.loads(json.dumps(_clean(data)))
+
+
 def write_json(path: Path, data: Mapping[str, Any]) -> Path:
     """Write JSON atomically (a reader never sees a half-written file)."""
     path = Path(path)
@@ -46,7 +51,32 @@ def flatten(d: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
     return out
 
 
-def _fmt(v: Any) -> str:
+# Keys of results.json that record provenance or wall-clock time rather than what the method computed. They
+# differ between two runs of the same seed and are left out when results are compared for determinism:
+# the whole ``run`` block (name, seed, dir, resumed, wall_seconds), any ``timing`` block, and any key named
+# ``seconds``, ``*_seconds``, ``seconds_*``, ``*_s`` (``ttft_s``, ``total_s``, ``decode_tokens_per_s``) or
+# ``speedup_<a>_vs_<b>`` (a wall-clock ratio between two solvers). Simulated time (``time_to_target``, the
+# FL ``speedup``) is computed, not measured, and is compared. New wall-clock keys must follow these names.
+PROVENANCE_BLOCKS = ("run", "timing")
+
+
+def is_provenance_key(flat_key: str) -> bool:
+    """True if a flattened results key (``a.b.c``) is provenance or wall-clock time (see above)."""
+    parts = flat_key.split(".")
+    if parts[0] in PROVENANCE_BLOCKS or "timing" in parts[1:]:
+        return True
+    last = parts[-1]
+    return (last == "seconds" or last.endswith("_seconds") or last.startswith("seconds_") or last.endswith("_s")
+            or (last.startswith("speedup_") and "_vs_" in last))
+
+
+def comparable_results(results: Mapping[str, Any]) -> dict[str, Any]:
+    """The flattened results without provenance and wall-clock keys: equal for two runs of one seed."""
+    return {k: v for k, v in flatten(jsonable(results)).items() if not is_provenance_key(k)}
+
+
+def fmt_value(v: Any) -> str:
+    """A value as a table cell: floats to 6 significant digits, long lists by their length."""
     if isinstance(v, float):
         return f"{v:.6g}"
     if isinstance(v, list):
@@ -57,16 +87,18 @@ def _fmt(v: Any) -> str:
 def markdown_table(rows: Sequence[Mapping[str, Any]], columns: Sequence[str]) -> str:
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for r in rows:
-        lines.append("| " + " | ".join(_fmt(r.get(c, "")) for c in columns) + " |")
+        lines.append("| " + " | ".join(fmt_value(r.get(c, "")) for c in columns) + " |")
     return "\n".join(lines) + "\n"
 
 
 def write_summary(path: Path, title: str, results: Mapping[str, Any], choices: Mapping[str, Any],
-                  plots: Sequence[Path], notes: str = "") -> Path:
-    """A short human-readable ``summary.md``: what ran, the final metrics, the plots."""
+                  plots: Sequence[Path], notes: str = "", claims: str = "") -> Path:
+    """A short human-readable ``summary.md``: what ran, the claims table, the final metrics, the plots."""
     parts = [f"# {title}\n"]
     if choices:
         parts.append("## Configuration\n" + markdown_table([choices], list(choices)))
+    if claims:
+        parts.append("## Claims\n" + claims)
     flat = flatten(results)
     if flat:
         parts.append("## Results\n" + markdown_table([{"metric": k, "value": v} for k, v in flat.items()],

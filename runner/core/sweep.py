@@ -106,7 +106,8 @@ def _aggregate_group(jobs: list[Job]) -> dict[str, Any]:
     scalars = [_scalars(j.results) for j in ok]
     keys = list(dict.fromkeys(k for s in scalars for k in s))
     metrics = {k: describe([s[k] for s in scalars if k in s]) for k in keys}
-    seeds = [j.overrides.get("seed", j.results["run"].get("seed") if j.results else None) for j in jobs]
+    seeds = [j.results.get("run", {}).get("seed") if j.results else j.overrides.get("seed") for j in jobs]
+    seeds = [int(s) if isinstance(s, str) and s.lstrip("-").isdigit() else s for s in seeds]
     return {"overrides": dict(jobs[0].group), "jobs": [j.num for j in jobs], "seeds": seeds, "n": len(jobs),
             "n_ok": len(ok), "failed_jobs": [j.num for j in jobs if j.results is None], "claims": claims,
             "claim_metrics": claim_metrics, "metrics": metrics}

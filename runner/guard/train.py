@@ -21,20 +21,74 @@ import torch.nn.functional as F
 
 from runner.core.context import RunContext
 from runner.data.moderation import ModerationExample
-from runner.guard.format import guard_answer, guard_instruction, render
+from runner.guard.format import guard_answer, guard_prompt, resolve_wrap
 from runner.models.finetune import ResumableOptimizer
 
 
 @dataclass
 class GuardPrompter:
-    """Renders moderation examples as Llama Guard prompts for one tokenizer, category list and wrapping."""
+    """Renders moderation examples as Llama Guard prompts for one tokenizer, category list and wrapping.
+
+    ``categories_expected``: whether answers carry a category line (False for binary-only data such as ToxicChat
+    or XSTest, whose guard learns and answers a bare ``unsafe``). ``max_length``: the model's context in tokens;
+    a prompt that would leave fewer than ``answer_budget`` tokens for the answer has its conversation cut in the
+    middle (the template, with the instruction and the verdict position at its end, is never cut).
+    """
 
     tokenizer: Any
     categories: list[str]
     wrap: str = "llama3"
+    categories_expected: bool = True
+    max_length: int | None = None
+    answer_budget: int = 16
+
+    def __post_init__(self) -> None:
+        self.wrap = resolve_wrap(self.wrap, self.tokenizer, self.categories)
+
+    def _render(self, prompt: str, response: str | None) -> str:
+        return guard_prompt(prompt, response, self.categories, self.tokenizer, self.wrap)
+
+    def _length(self, text: str) -> int:
+        return len(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+
+    def fit(self, ex: ModerationExample, reserve: int | None = None) -> tuple[str, bool]:
+        """(prompt, truncated): the prompt of ``ex`` within ``max_length − reserve`` tokens."""
+        text = self._render(ex.prompt, ex.response)
+        if self.max_length is None:
+            return text, False
+        budget = self.max_length - max(reserve or 0, self.answer_budget)
+        excess = self._length(text) - budget
+        if excess <= 0:
+            return text, False
+        frame = self._length(self._render("", None if ex.response is None else ""))
+        if frame >= budget:
+            raise ValueError(f"the guard prompt without its conversation takes {frame} tokens; a model context of "
+                             f"{self.max_length} leaves no room for the conversation and the answer")
+        tok = self.tokenizer
+        p_ids = tok(ex.prompt.strip(), add_special_tokens=False)["input_ids"]
+        r_ids = tok(ex.response.strip(), add_special_tokens=False)["input_ids"] if ex.response is not None else []
+        room = len(p_ids) + len(r_ids) - excess
+        for _ in range(8):  # re-tokenising the cut text can shift a few tokens; shrink until it fits
+            room = max(room, 0)
+            # the judged turn keeps at least half the room: the response in response classification
+            keep_r = min(len(r_ids), max(room - len(p_ids), room - room // 2))
+            keep_p = min(len(p_ids), room - keep_r)
+            prompt = _cut_middle(tok, p_ids, keep_p)
+            response = _cut_middle(tok, r_ids, keep_r) if ex.response is not None else None
+            text = self._render(prompt, response)
+            excess = self._length(text) - budget
+            if excess <= 0:
+                return text, True
+            room -= excess
+        raise ValueError(f"could not fit a guard prompt into {budget} tokens")
 
     def prompt(self, ex: ModerationExample) -> str:
-        return render(guard_instruction(ex.prompt, ex.response, self.categories), self.tokenizer, self.wrap)
+        return self.fit(ex)[0]
+
+    def prompts(self, examples: Sequence[ModerationExample], reserve: int | None = None) -> tuple[list[str], int]:
+        """The prompts of ``examples`` and how many of them had their conversation cut to fit the context."""
+        fitted = [self.fit(e, reserve) for e in examples]
+        return [t for t, _ in fitted], sum(cut for _, cut in fitted)
 
     def answer(self, ex: ModerationExample) -> str:
         """The training target. Items of binary-only sources (no codes) train on ``unsafe`` alone."""
@@ -44,11 +98,22 @@ class GuardPrompter:
         return guard_answer(cats if ex.unsafe else [])
 
     def encode(self, examples: Sequence[ModerationExample]) -> list[tuple[list[int], list[int]]]:
-        """(prompt ids, answer ids + EOS) per example."""
+        """(prompt ids, answer ids + EOS) per example; prompt + answer fit the context."""
         tok = self.tokenizer
-        prompts = tok([self.prompt(e) for e in examples], add_special_tokens=False)["input_ids"]
-        answers = tok([self.answer(e) for e in examples], add_special_tokens=False)["input_ids"]
-        return [(p, a + [tok.eos_token_id]) for p, a in zip(prompts, answers)]
+        answers = [a + [tok.eos_token_id] for a in
+                   tok([self.answer(e) for e in examples], add_special_tokens=False)["input_ids"]]
+        prompts = tok([self.fit(e, len(a))[0] for e, a in zip(examples, answers)],
+                      add_special_tokens=False)["input_ids"]
+        return list(zip(prompts, answers))
+
+
+def _cut_middle(tokenizer: Any, ids: list[int], keep: int) -> str:
+    """The text of ``ids`` with its middle replaced by " ... " so that about ``keep`` tokens remain."""
+    if keep >= len(ids):
+        return tokenizer.decode(ids)
+    head = keep // 2
+    tail = keep - head
+    return (tokenizer.decode(ids[:head]) + " ... " + (tokenizer.decode(ids[-tail:]) if tail else "")).strip()
 
 
 def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[str, torch.Tensor]:

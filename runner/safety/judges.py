@@ -313,8 +313,7 @@ class LlamaGuardJudge(_GenerativeJudge):
         self.safe_id, self.unsafe_id = guard_format.verdict_token_ids(tokenizer)
 
     def render(self, prompt: str, response: str) -> str:
-        instruction = self.fmt.guard_instruction(prompt, response, self.categories)
-        return self.fmt.render(instruction, self.tokenizer, self.wrap)
+        return self.fmt.guard_prompt(prompt, response, self.categories, self.tokenizer, self.wrap)
 
     def parse(self, text: str, rollout: Any) -> Verdict:
         parsed = self.fmt.parse_output(text, self.categories)

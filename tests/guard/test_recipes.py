@@ -73,6 +73,9 @@ def test_guard_eval_smoke(tmp_path):
     r = run_recipe("guard_eval", SMOKE, run_dir=tmp_path)
     m = r["metrics"]
     assert m["n"] == r["num_test"] and 0.0 <= m["f1"] <= 1.0 and 0.0 <= m["auprc"] <= 1.0
+    # the toy world's six codes; its prompts fit the tiny guard's context; answers carry codes
+    assert r["info"]["categories"] == ["S1", "S2", "S9", "S10", "S11", "S12"] and r["info"]["categories_expected"]
+    assert r["info"]["truncated"] == m["truncated"] == 0 and r["info"]["prompt_wrap"] == "chat_template"
     assert len(r["threshold_curves"]["f1"]) == 21
     assert (tmp_path / "threshold_curves.png").exists()
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()

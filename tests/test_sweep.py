@@ -82,3 +82,25 @@ def test_cluster_launchers_put_every_job_in_one_aggregated_sweep_folder(tmp_path
     assert group["claim_metrics"]["eval_loss"]["mean"] == pytest.approx(np.mean(losses))
     assert group["claim_metrics"]["eval_loss"]["sd"] == pytest.approx(np.std(losses, ddof=1))
     assert "## Aggregate over seeds" in (sweep / "summary.md").read_text()
+
+
+def test_reproduce_runs_a_recipe_over_seeds_and_rerenders_from_its_sweep(tmp_path):
+    from runner import reproduce
+
+    out, again = tmp_path / "REPRODUCTION.md", tmp_path / "again.md"
+    args = ["--recipes", "smoke", "--seeds", "0,1", "--sweeps-root", str(tmp_path / "sweeps"), "--out", str(out),
+            "--extra", *TINY[1:]]
+    assert reproduce.main(args) == 0
+    (group,) = json.loads((tmp_path / "sweeps" / "smoke" / "aggregate.json").read_text())["groups"]
+    jobs = [json.loads((tmp_path / "sweeps" / "smoke" / str(i) / "results.json").read_text()) for i in range(2)]
+    assert [j["run"]["seed"] for j in jobs] == [0, 1] and group["n_ok"] == 2
+    report = out.read_text()
+    for name, c in group["claims"].items():
+        k = sum(j["claims"][name] for j in jobs)
+        assert f"| {name} | `{c['expression']}` | {k}/2 |" in report
+    mean = np.mean([j["eval_loss"] for j in jobs])
+    assert f"| `eval_loss` | {mean:.4g} ± " in report and "## smoke" in report
+    assert reproduce.main(["--from-sweeps", str(tmp_path / "sweeps" / "smoke"), "--out", str(again)]) == 0
+    body = lambda text: [ln for ln in text.splitlines() if not ln.startswith("Rendered")]  # noqa: E731
+    assert body(again.read_text()) == body(report)
+    assert reproduce.main(["--recipes", "no_such_recipe", "--out", str(tmp_path / "x.md")]) == 2

@@ -216,9 +216,13 @@ def pin_sweep_dir(argv: Sequence[str]) -> list[str]:
     overrides = [a for a in argv if not a.startswith("-")]
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
     cfg = compose(_expand_jobs(user, True)[0])  # sets HydraConfig, so the recipe's name is known
-    path = str(Path(_sweep_dir(str(cfg.run.output_root))).absolute())
-    quoted = "'" + path.replace("\\", "\\\\").replace("'", "\\'") + "'"
-    return [*argv, f"hydra.sweep.dir={quoted}"]
+    return [*argv, sweep_dir_override(_sweep_dir(str(cfg.run.output_root)))]
+
+
+def sweep_dir_override(path: Path | str) -> str:
+    """``hydra.sweep.dir='<absolute path>'``, quoted for Hydra's override grammar."""
+    absolute = str(Path(path).absolute())
+    return "hydra.sweep.dir='" + absolute.replace("\\", "\\\\").replace("'", "\\'") + "'"
 
 
 class SweepSummary(Callback):

@@ -158,7 +158,23 @@ def _hydra_task(cfg: DictConfig) -> None:
     from hydra.core.hydra_config import HydraConfig
 
     run_cfg = prepare(cfg)
-    execute(run_cfg, HydraConfig.get().runtime.output_dir)
+    try:
+        execute(run_cfg, HydraConfig.get().runtime.output_dir)
+    except Exception as e:  # errors found only while running (a data file, model weights, a tokenizer)
+        if not _is_config_error(e):
+            raise
+        fail(_first_line(e))
+
+
+def _is_config_error(e: BaseException) -> bool:
+    """A ConfigError (a DataError too), or a model / tokenizer that could not be loaded as configured."""
+    from runner.models.builder import ModelLoadError
+
+    return isinstance(e, (ConfigError, ModelLoadError))
+
+
+def _first_line(e: BaseException) -> str:
+    return next((ln.strip() for ln in str(e).splitlines() if ln.strip()), type(e).__name__)
 
 
 # --------------------------------------------------------------------------- preflight
@@ -236,12 +252,13 @@ def preflight(argv: Sequence[str]) -> None:
     try:
         for job in _expand_jobs(user, multirun):
             cfg = _compose_job(job)
+            _check_inputs(cfg)
             if cfg.run.dir:
                 from runner.core.context import check_resumable
 
                 check_resumable(cfg, Path(cfg.run.dir))
     except ConfigError as e:
-        fail(str(e))
+        fail(_first_line(e))
     except Exception as e:  # composition errors from Hydra or OmegaConf
         from hydra.errors import HydraException
         from omegaconf.errors import OmegaConfBaseException
@@ -253,6 +270,17 @@ def preflight(argv: Sequence[str]) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
+
+
+def _check_inputs(cfg: DictConfig) -> None:
+    """Open every local input the run will read: each data file is parsed and checked in full, local model
+    weights must exist. A problem is a ConfigError, reported before any run directory exists."""
+    from runner.data.preflight import check_data
+
+    check_data(cfg)
+    model = cfg.get("model")
+    if model is not None and model.get("kind") == "hf" and model.get("path") and not Path(model.path).exists():
+        raise ConfigError(f"model.path {model.path} does not exist (local weights expected there)")
 
 
 def fail(message: str) -> None:

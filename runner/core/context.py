@@ -56,6 +56,7 @@ class RunContext:
         plain = OmegaConf.to_container(cfg, resolve=True)
         resumed = check_resumable(cfg, run_dir)
         if not resumed:
+            (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run that failed before a checkpoint
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
         _set_threads(cfg)
         seed_everything(int(cfg.seed))
@@ -161,8 +162,8 @@ class RunContext:
 def check_resumable(cfg: DictConfig, run_dir: Path) -> bool:
     """True if ``run_dir`` holds a run of this same config (to resume); ConfigError if it holds another."""
     saved_cfg = Path(run_dir) / CONFIG_FILE
-    if not saved_cfg.exists():
-        return False
+    if not saved_cfg.exists() or not _holds_run(Path(run_dir)):
+        return False  # nothing to protect: a run that failed before its first checkpoint is simply rerun
     if cfg.run.resume == "never":
         raise ConfigError(f"run directory {run_dir} already holds a run and run.resume=never")
     before = OmegaConf.to_container(OmegaConf.load(saved_cfg), resolve=True)
@@ -173,6 +174,12 @@ def check_resumable(cfg: DictConfig, run_dir: Path) -> bool:
             "resume it with the same config or choose a new run.dir"
         )
     return True
+
+
+def _holds_run(run_dir: Path) -> bool:
+    """A directory holds a run worth protecting once it has a checkpoint or results."""
+    ckpts = run_dir / "checkpoints"
+    return (run_dir / "results.json").exists() or (ckpts.is_dir() and any(ckpts.iterdir()))
 
 
 def _set_threads(cfg: DictConfig) -> None:

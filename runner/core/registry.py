@@ -67,7 +67,9 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         **{n: _e("runner.data.federated:FederatedDatasetConfig")
            for n in ("fl_digits", "fl_synthetic", "femnist", "shakespeare", "sent140", "celeba", "cifar10")},
         **{n: _e("runner.data.safety:SafetyDatasetConfig")
-           for n in ("toy_safety", "safety_eval_paper", "safety_rl_paper")},
+           for n in ("toy_safety", "safety_eval_paper", "safety_rl_paper", "xstest", "strongreject", "harmbench",
+                     "advbench", "wildjailbreak", "wildjailbreak_eval", "or_bench_hard_1k", "or_bench_80k",
+                     "or_bench_toxic", "fortress", "beavertails", "toxicchat", "openai_moderation")},
     },
     "schema.hardware": {},
     "schema.privacy": {},

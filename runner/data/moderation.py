@@ -1,5 +1,6 @@
 """Moderation data for guard models: a toy moderation world with hazard categories, and local-file / hub loaders
-for ToxicChat, the OpenAI moderation evaluation set and XSTest.
+for ToxicChat, the OpenAI moderation evaluation set and XSTest (read by the benchmark loaders of
+:mod:`runner.data.safety`, so a published file loads the same way for guard and policy evaluation).
 
 Every loader returns :class:`ModerationExample` rows: the user prompt, the agent response (None for prompt
 classification), the binary label and the Llama Guard category codes when the source has them.
@@ -12,7 +13,6 @@ Response classification items pair a harmful request with a complying answer (un
 
 from __future__ import annotations
 
-import json
 import math
 import random
 from dataclasses import dataclass, field
@@ -22,6 +22,8 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runner.core.errors import ConfigError
+from runner.data.files import Layout, match_layout, norm, read_table
+from runner.data.safety import LOADERS, SafetyRecord, benchmark_files, load_benchmarks, read_benchmark
 
 
 @dataclass
@@ -109,109 +111,108 @@ def _code_key(code: str) -> int:
     return int(code[1:])
 
 
-# --------------------------------------------------------------------------- external formats
-# OpenAI moderation evaluation set (mmathys/openai-moderation-api-evaluation) → Llama Guard 3 codes.
-# Unverified mapping (closest hazard): harassment has no own code in S1–S14 and is mapped to S10 (Hate).
-OPENAI_TO_LLAMA_GUARD = {"S": "S12", "S3": "S4", "H": "S10", "H2": "S10", "HR": "S10", "V": "S1", "V2": "S1",
-                         "SH": "S11"}
+# --------------------------------------------------------------------------- files and hub sets
+def _from_safety(rec: SafetyRecord) -> ModerationExample:
+    return ModerationExample(rec.prompt, None, rec.harmful, list(rec.codes), rec.source)
 
 
-def _flag(v: Any) -> bool:
-    if v is None or (isinstance(v, float) and math.isnan(v)):
-        return False
-    if isinstance(v, str):
-        return v.strip().lower() in ("1", "true", "yes", "unsafe", "1.0")
-    return bool(v)
-
-
-def from_toxicchat(rows: list[dict[str, Any]]) -> list[ModerationExample]:
-    """ToxicChat (``lmsys/toxic-chat``): ``user_input`` and binary ``toxicity``; prompt classification."""
-    return [ModerationExample(str(r["user_input"]), None, _flag(r["toxicity"]), [], "toxicchat") for r in rows]
-
-
-def from_openai_moderation(rows: list[dict[str, Any]]) -> list[ModerationExample]:
-    """OpenAI moderation sample format: ``prompt`` and 0/1 columns S, H, V, HR, SH, S3, H2, V2."""
-    out = []
-    for r in rows:
-        codes = sorted({OPENAI_TO_LLAMA_GUARD[k] for k in OPENAI_TO_LLAMA_GUARD if _flag(r.get(k))}, key=_code_key)
-        out.append(ModerationExample(str(r["prompt"]), None, bool(codes), codes, "openai_moderation"))
-    return out
-
-
-def from_xstest(rows: list[dict[str, Any]]) -> list[ModerationExample]:
-    """XSTest (``walledai/XSTest``): ``prompt`` and ``label`` safe/unsafe (prompt classification)."""
-    return [ModerationExample(str(r["prompt"]), None, str(r["label"]).strip().lower() == "unsafe", [], "xstest")
-            for r in rows]
-
-
-def from_records(rows: list[dict[str, Any]]) -> list[ModerationExample]:
-    """The project's own jsonl: ``prompt``, optional ``response``, ``unsafe`` and ``categories``."""
+def _from_records(rows: list[dict[str, Any]]) -> list[ModerationExample]:
+    """The project's own format: ``prompt``, optional ``response``, ``unsafe`` and ``categories``."""
     out = []
     for r in rows:
         cats = r.get("categories") or []
         if isinstance(cats, str):
             cats = [c.strip() for c in cats.split(",") if c.strip()]
         resp = r.get("response")
-        resp = None if resp is None or (isinstance(resp, float) and math.isnan(resp)) else str(resp)
-        out.append(ModerationExample(str(r["prompt"]), resp, _flag(r.get("unsafe", bool(cats))), list(cats), "file"))
+        resp = None if resp is None or (isinstance(resp, float) and math.isnan(resp)) or resp == "" else str(resp)
+        unsafe = norm(r.get("unsafe")) == "1" if r.get("unsafe") not in (None, "") else bool(cats)
+        out.append(ModerationExample(str(r["prompt"]), resp, unsafe, list(cats), "file"))
     return out
 
 
-FORMATS = {"toxicchat": from_toxicchat, "openai_moderation": from_openai_moderation, "xstest": from_xstest,
-           "records": from_records}
-REQUIRED = {"toxicchat": ("user_input", "toxicity"), "openai_moderation": ("prompt",), "xstest": ("prompt", "label"),
-            "records": ("prompt",)}
+RECORDS = Layout("records", ("prompt",), _from_records, {"unsafe": frozenset({"0", "1", ""})})
+# params.format → the benchmark loader of runner.data.safety that reads it ("records" is read here).
+FORMATS = {"toxicchat": "toxicchat", "openai_moderation": "openai_moderation", "xstest": "xstest",
+           "records": "records"}
 
 
-def read_rows(path: Path) -> list[dict[str, Any]]:
-    """Rows of a local csv / jsonl / json / parquet file."""
-    if not path.exists():
-        raise ConfigError(f"dataset.path {path} does not exist")
-    if path.suffix in (".jsonl", ".json"):
-        text = path.read_text(encoding="utf-8")
-        if path.suffix == ".json" and text.lstrip().startswith("["):
-            return list(json.loads(text))
-        return [json.loads(line) for line in text.splitlines() if line.strip()]
-    if path.suffix in (".csv", ".parquet"):
-        import pandas as pd
-
-        return (pd.read_csv(path) if path.suffix == ".csv" else pd.read_parquet(path)).to_dict("records")
-    raise ConfigError(f"dataset.path {path}: unsupported file type (use .jsonl, .json, .csv or .parquet)")
+def moderation_files(cfg: Any) -> list[tuple[str, str]]:
+    """(format, path) of every local file a moderation ``dataset`` option reads."""
+    if cfg.get("eval") is not None:  # a benchmark option (dataset=xstest, ...)
+        return benchmark_files(cfg)
+    if cfg.get("source") == "builtin":
+        return []
+    if cfg.get("source") == "file" and not cfg.get("path"):
+        raise ConfigError("dataset.source=file needs dataset.path")
+    fmt = (cfg.get("params") or {}).get("format", "records")
+    if fmt not in FORMATS:
+        raise ConfigError(f"dataset.params.format={fmt!r} must be one of {', '.join(FORMATS)}")
+    return [(fmt, cfg.path)] if cfg.get("path") else []
 
 
-def load_moderation(cfg: DictConfig, seed: int) -> list[ModerationExample]:
+def read_moderation(fmt: str, path: str | None, hf: tuple[str | None, str | None, str | None] = (None, None, None)
+                    ) -> tuple[list[ModerationExample], int]:
+    """Examples of one file (or hub split ``hf`` = (id, config, split)) in ``fmt`` and the rows read."""
+    if fmt != "records":
+        if path:
+            records, rows = read_benchmark(FORMATS[fmt], path)
+        else:
+            records, rows = read_benchmark(FORMATS[fmt], None, hf[1], hf[2]) if hf[0] in (None, LOADERS[
+                FORMATS[fmt]].hf_id) else _hub_benchmark(FORMATS[fmt], *hf)
+        return [_from_safety(r) for r in records], rows
+    if not path:
+        raise ConfigError("dataset.params.format=records reads a local file: set dataset.path")
+    table = read_table(path)
+    return match_layout(table, [RECORDS], "records").convert(table.rows), len(table)
+
+
+def _hub_benchmark(loader: str, hf_id: str | None, hf_config: str | None, split: str | None
+                   ) -> tuple[list[SafetyRecord], int]:
+    """A benchmark from a hub id other than the loader's own (a mirror with the same columns)."""
+    from datasets import load_dataset
+
+    from runner.data.files import Table
+
+    try:
+        ds = load_dataset(hf_id, hf_config, split=split)
+    except Exception as e:  # offline: say how to use a local copy
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise RuntimeError(f"could not load dataset '{hf_id}' ({first}); offline, download the file and set "
+                           "dataset.path=FILE") from e
+    table = Table(Path(str(hf_id)), list(ds.column_names), list(ds))
+    layout = match_layout(table, LOADERS[loader].layouts, loader)
+    return [r for r in layout.convert(table.rows) if r.prompt.strip()], len(table)
+
+
+def load_moderation(cfg: DictConfig, seed: int, info: dict[str, Any] | None = None) -> list[ModerationExample]:
     """The moderation examples named by a ``dataset`` config: the toy world, a local file or a hub id.
 
     ``dataset.params.format`` picks the column layout of files and hub sets (toxicchat, openai_moderation,
-    xstest, records).
+    xstest, records); ``dataset.path``, when set, is read whatever ``dataset.source`` says. A benchmark
+    option of the safety recipes (``dataset=xstest dataset.path=FILE``) works too. ``num_examples`` keeps a
+    seeded random subset. ``info`` receives ``{name: {path, rows, records, harmful, benign, used}}``.
     """
     params = dict(cfg.params or {})
-    n = cfg.num_examples
+    n = cfg.get("num_examples")
+    if cfg.get("eval") is not None:  # a benchmark option: its evaluation sets, as prompt classification
+        sets = load_benchmarks(cfg.eval, seed, info, n)
+        return [_from_safety(r) for recs in sets.values() for r in recs]
     if cfg.source == "builtin":
         return toy_moderation(n or 1000, seed, toy_categories(params),
                               **{k: float(params[k]) for k in ("unsafe_fraction", "response_fraction",
                                                                "multi_fraction", "confuser_fraction") if k in params})
+    files = moderation_files(cfg)
     fmt = params.get("format", "records")
-    if fmt not in FORMATS:
-        raise ConfigError(f"dataset.params.format={fmt!r} must be one of {', '.join(FORMATS)}")
-    if cfg.source == "file":
-        if not cfg.path:
-            raise ConfigError("dataset.source=file needs dataset.path")
-        rows = read_rows(Path(cfg.path))
-    else:
-        from datasets import load_dataset
-
-        try:
-            rows = list(load_dataset(cfg.hf_id, cfg.hf_config, split=cfg.split))
-        except Exception as e:  # offline: say how to use a local copy
-            first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RuntimeError(f"could not load dataset '{cfg.hf_id}' ({first}); offline, export it to a local "
-                               "file and set dataset.source=file dataset.path=...") from e
-    missing = [c for c in REQUIRED[fmt] if rows and c not in rows[0]]
-    if missing:
-        raise ConfigError(f"dataset.path/hf_id has no column '{missing[0]}' needed by format {fmt}")
-    examples = FORMATS[fmt](rows)
-    return examples[:n] if n else examples
+    examples, rows = read_moderation(fmt, files[0][1] if files else None, (cfg.hf_id, cfg.hf_config, cfg.split))
+    selected = examples
+    if n and n < len(examples):
+        keep = sorted(random.Random(seed).sample(range(len(examples)), n))
+        selected = [examples[i] for i in keep]
+    if info is not None:
+        n_unsafe = sum(e.unsafe for e in examples)
+        info[cfg.name] = {"path": cfg.path, "rows": rows, "records": len(examples), "harmful": n_unsafe,
+                          "benign": len(examples) - n_unsafe, "used": len(selected)}
+    return selected
 
 
 def split_examples(examples: list[ModerationExample], test_fraction: float, seed: int

@@ -74,8 +74,11 @@ class SafetyEvalGuardedConfig(SafetyEvalConfig):
 
 def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
     return {**headline(metrics),
-            "per_dataset": {k: {"asr": v["asr"], "orr": v["orr"]} for k, v in metrics["per_dataset"].items()},
-            "per_category": {k: {"asr": v["asr"], "orr": v["orr"]} for k, v in metrics["per_category"].items()},
+            "per_dataset": {k: {m: v[m] for m in ("asr", "asr_nonrefusal", "refusal_rate_harmful", "orr", "n_harmful",
+                                                  "n_benign", "invalid")}
+                            for k, v in metrics["per_dataset"].items()},
+            "per_category": {k: {"asr": v["asr"], "asr_nonrefusal": v["asr_nonrefusal"], "orr": v["orr"]}
+                             for k, v in metrics["per_category"].items()},
             "labels": metrics["labels"]}
 
 
@@ -97,7 +100,8 @@ def run_safety_eval(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     result = evaluate(system, sets.eval, judge, n_samples=cfg.algorithm.eval.n_samples)
     write_responses(ctx, "responses_base", result.rows)
     pareto_plot(ctx, {"base": (result.metrics["orr"], result.metrics["asr"])})
-    return {"systems": {"base": _summary(result.metrics)}, "judge": cfg.algorithm.judge.name}
+    return {"systems": {"base": _summary(result.metrics)}, "judge": cfg.algorithm.judge.name,
+            "data": sets.extra.get("data", {})}
 
 
 def run_safety_eval_guarded(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
@@ -120,4 +124,5 @@ def run_safety_eval_guarded(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         write_responses(ctx, f"responses_{name.replace('+', '_')}", result.rows)
         out[name] = result.metrics
     pareto_plot(ctx, {k: (m["orr"], m["asr"]) for k, m in out.items()})
-    return {"systems": {k: _summary(m) for k, m in out.items()}, "judge": a.judge.name, "guard": a.guard.name}
+    return {"systems": {k: _summary(m) for k, m in out.items()}, "judge": a.judge.name, "guard": a.guard.name,
+            "data": sets.extra.get("data", {})}

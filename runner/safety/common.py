@@ -15,7 +15,7 @@ from omegaconf import DictConfig
 
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
-from runner.data.safety import SafetyRecord, load_benchmarks
+from runner.data.safety import SafetyRecord, load_benchmark_sets
 from runner.models.finetune import LMTrainConfig, check_train_config
 from runner.rollout import SamplingParams
 from runner.safety.world import ToySafetyWorld, WarmStartMix, warm_start_corpus
@@ -92,8 +92,8 @@ def prompt_sets(dataset_cfg: DictConfig, seed: int) -> PromptSets:
         world = toy_world(dataset_cfg)
         return PromptSets(world.records("train"), {"toy_test": world.records("test")}, world,
                           WarmStartMix.from_mapping(dataset_cfg.params.get("mix")))
-    train = [r for recs in load_benchmarks(dataset_cfg.train, seed).values() for r in recs]
-    return PromptSets(train, load_benchmarks(dataset_cfg.eval, seed))
+    train, evals, info = load_benchmark_sets(dataset_cfg, seed)
+    return PromptSets(train, evals, extra={"data": info})
 
 
 def build_policy(cfg: DictConfig, ctx: RunContext, sets: PromptSets, stage: str = "warm_start"):

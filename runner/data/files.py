@@ -267,4 +267,5 @@ def check_labels(table: Table, layout: Layout) -> None:
         for i, r in enumerate(table.rows):
             if norm(r[col]) not in allowed:
                 shown = ", ".join(sorted(a or "(empty)" for a in allowed))
-                raise DataError(table.path, table.where(i), f"value {r[col]!r} is not one of {shown}", col)
+                value = repr(r[col]) if len(repr(r[col])) <= 60 else repr(r[col])[:57] + "..."
+                raise DataError(table.path, table.where(i), f"value {value} is not one of {shown}", col)

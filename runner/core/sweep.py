@@ -206,12 +206,13 @@ def pin_sweep_dir(argv: Sequence[str]) -> list[str]:
     The default sweep directory embeds a time stamp and a per-process tag; a launcher that runs each job
     in a process of its own (submitit, joblib) would otherwise resolve a different folder per job.
     """
+    from runner.core.cli import _SKIP_PREFLIGHT, _expand_jobs, _sweep_dir, compose
+
     argv = list(argv)
-    if not any(a in ("-m", "--multirun") for a in argv):
+    if not any(a in ("-m", "--multirun") for a in argv) or any(a.split("=")[0] in _SKIP_PREFLIGHT for a in argv):
         return argv
     if any(a.lstrip("+~").split("=", 1)[0] == "hydra.sweep.dir" for a in argv):
         return argv
-    from runner.core.cli import _expand_jobs, _sweep_dir, compose
 
     overrides = [a for a in argv if not a.startswith("-")]
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]

@@ -165,7 +165,9 @@ def aggregate_markdown(groups: Sequence[Mapping[str, Any]]) -> str:
         label = " ".join(f"{k}={v}" for k, v in g["overrides"].items()) or "(no overrides)"
         seeds = ", ".join(str(s) for s in g["seeds"])
         failed = f"; failed jobs: {g['failed_jobs']}" if g["failed_jobs"] else ""
-        parts.append(f"### {label}\n{g['n_ok']}/{g['n']} jobs finished (seeds {seeds}){failed}.\n")
+        wall = g["metrics"].get("run.wall_seconds")
+        took = f"; run time per job {stat_cell(wall)} s" if wall else ""
+        parts.append(f"### {label}\n{g['n_ok']}/{g['n']} jobs finished (seeds {seeds}){failed}{took}.\n")
         parts.append(claims_table(g))
         if g["claim_metrics"]:
             parts.append("\nMetrics the claims read (sample sd over jobs):\n\n" + metrics_table(g["claim_metrics"]))

@@ -101,3 +101,19 @@ def test_classify_counts_truncated_prompts():
     out = classify(model, prompter, data, max_new_tokens=4)
     assert out.truncated == 2 and len(out.texts) == 3
     assert score(data, out, ["S1"], False)["truncated"] == 2
+
+
+def test_guard_eval_on_an_openai_moderation_file_lists_sexual_minors(tmp_path):
+    """OpenAI's S3 (sexual/minors) flag reaches the prompt as S4 and gets per-category metrics."""
+    from runner.core.cli import run_recipe
+
+    flags = ("S", "H", "V", "HR", "SH", "S3", "H2", "V2")
+    rows = [dict(prompt=f"benign message number {i}", **dict.fromkeys(flags, 0)) for i in range(12)]
+    for i, on in enumerate([("S", "S3"), ("S", "S3"), ("S", "S3"), ("H",), ("V",), ("SH",)]):
+        rows[i].update(dict.fromkeys(on, 1), prompt=f"flagged message number {i}")
+    path = tmp_path / "samples.jsonl"
+    path.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    r = run_recipe("guard_eval", ["run.smoke=true", "run.progress=false", "dataset=moderation_openai",
+                                  f"dataset.path={path}", "algorithm.test_fraction=0.5"], run_dir=tmp_path / "run")
+    assert "S4" in r["info"]["categories"] and r["info"]["categories_expected"]
+    assert "S4" in r["metrics"]["per_category"]

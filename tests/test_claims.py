@@ -112,6 +112,11 @@ def test_expressions_outside_the_claim_language_are_config_errors(expression):
         parse_claim("bad", expression)
 
 
+def test_a_mapping_read_by_a_claim_is_recorded_by_its_size_not_copied():
+    verdict = evaluate(parse_claim("c", "systems < 1"), RESULTS)
+    assert verdict.values == {"systems": "<dict of 2>"} and not verdict.holds
+
+
 def test_paths_are_looked_up_in_the_results_never_as_python_attributes():
     verdict = evaluate(parse_claim("c", "base.__class__ == 1"), RESULTS)
     assert verdict.holds is False and "base.__class__ is missing" in verdict.reason

@@ -246,8 +246,9 @@ def evaluate(claim: Claim, results: Mapping[str, Any]) -> Verdict:
             values[key] = None
             missing.append(f"{key} is missing")
             continue
-        values[key] = env[path]
-        if env[path] is None:
+        v = env[path]
+        values[key] = v if not isinstance(v, (Mapping, list)) else f"<{type(v).__name__} of {len(v)}>"
+        if v is None:
             missing.append(f"{key} is null")
     if missing:
         return Verdict(False, values, "; ".join(missing))

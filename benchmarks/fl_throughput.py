@@ -61,7 +61,7 @@ def peak_memory_simulation(population: int, concurrency: int, updates: int) -> d
     x0 = trainer.space.flatten(trainer.model)
     xt, yt = trainer.data.test_set()
     cfg = OmegaConf.merge(OmegaConf.structured(SimulationConfig),
-                          {"concurrency": concurrency, "max_client_updates": updates, "eval_every_updates": 1000})
+                          {"concurrency": concurrency, "max_client_updates": updates})
     sim = Simulator(x0, trainer, LocalBackend(trainer, 256), Population(population, cfg.clock, 0), cfg, 0,
                     lambda x: trainer.evaluate(x, xt, yt))
     server = make_server(OmegaConf.merge(OmegaConf.structured(ServerConfig), {"buffer_size": 100}), x0)

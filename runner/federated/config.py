@@ -95,7 +95,8 @@ class SimulationConfig:
     max_client_updates: int = 3000  # per algorithm: stop after this many uploads reach the server
     max_sim_time: float | None = None  # per algorithm: stop at this simulated time (seconds)
     stop_at_target: bool = False  # stop an algorithm once it reaches target_accuracy
-    eval_every_updates: int = 50  # evaluate after the first server step following this many uploads
+    eval_interval: float | None = None  # null: evaluate every server model version; s: on the grid 0, s, 2s, ...
+    checkpoint_every: int = 1000  # uploads between in-simulation checkpoints (0: only finished stages)
     client: ClientConfig = field(default_factory=ClientConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
@@ -144,9 +145,13 @@ def check_simulation(cfg: DictConfig) -> None:
         raise ConfigError(f"model={cfg.model.name} is not a federated model (use model=fl_mlp, ...)")
     FederatedDatasetConfig.check(cfg.dataset)
     FLModelConfig.check(cfg.model)
-    for key in ("concurrency", "max_client_updates", "eval_every_updates"):
+    for key in ("concurrency", "max_client_updates"):
         if a[key] < 1:
             raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
+    if a.eval_interval is not None and a.eval_interval <= 0:
+        raise ConfigError(f"algorithm.eval_interval={a.eval_interval} must be > 0 (seconds) or null (every step)")
+    if a.checkpoint_every < 0:
+        raise ConfigError(f"algorithm.checkpoint_every={a.checkpoint_every} must be >= 0")
     if not 0 < a.target_accuracy <= 1:
         raise ConfigError(f"algorithm.target_accuracy={a.target_accuracy} must be in (0, 1]")
     c = a.client

@@ -6,7 +6,10 @@ concurrency levels on a large population (Papaya, Huba et al. 2022), with the ra
 time and bytes to the target accuracy.
 
 Every algorithm runs on the same population, device profiles, seed and client-selection stream, for the
-same budget of client updates; each is a stage marked done when it finishes, so a resumed run skips it.
+same budget of client updates, and is evaluated after every server step (or on one shared time grid).
+Each is a stage: it checkpoints the whole simulation every ``checkpoint_every`` uploads and is marked
+done when it finishes, so a killed run resumed in the same directory continues the stage from its last
+checkpoint, skips finished stages, and ends with the same results as an uninterrupted run.
 """
 
 from __future__ import annotations
@@ -44,11 +47,13 @@ class FedBuffConfig(SimulationConfig):
 
 @dataclass
 class PapayaConfig(SimulationConfig):
-    """Sync vs async at each of ``concurrency_levels``; ``buffer_sizes`` (one per level) sets FedBuff's K."""
+    """Sync vs async at each of ``concurrency_levels``; FedBuff's K = max(1, round(buffer_fraction · C)) at
+    each level (Papaya: K ≈ C/10), or ``buffer_sizes`` (one per level) when given."""
 
     name: str = "papaya"
     concurrency_levels: list[int] = field(default_factory=lambda: [10, 100, 1000])
-    buffer_sizes: list[int] = field(default_factory=list)  # empty: async_server.buffer_size at every level
+    buffer_fraction: float = 0.1
+    buffer_sizes: list[int] = field(default_factory=list)  # explicit K per level; empty: the buffer_fraction rule
     sync_server: ServerConfig = field(default_factory=lambda: ServerConfig(mode="fedavg", optimizer="momentum"))
     async_server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -58,6 +63,8 @@ class PapayaConfig(SimulationConfig):
         a = cfg.algorithm
         if not a.concurrency_levels or any(c < 1 for c in a.concurrency_levels):
             raise ConfigError(f"algorithm.concurrency_levels={list(a.concurrency_levels)} must be positive integers")
+        if not 0 < a.buffer_fraction <= 1:
+            raise ConfigError(f"algorithm.buffer_fraction={a.buffer_fraction} must be in (0, 1]")
         if a.buffer_sizes and len(a.buffer_sizes) != len(a.concurrency_levels):
             raise ConfigError(f"algorithm.buffer_sizes={list(a.buffer_sizes)} must have one entry per "
                               "concurrency level")
@@ -95,7 +102,10 @@ class Experiment:
         server_cfg = OmegaConf.merge(server_cfg, {"concurrency": concurrency})
         sim = Simulator(self.x0, self.trainer, self.backend, self.population, sim_cfg, self.ctx.seed, self.evaluate,
                         log=lambda m, step: self.ctx.log(m, step, stage))
-        result = summarise(sim.run(make_server(server_cfg, self.x0)), sim_cfg.target_accuracy)
+        state = self.ctx.restore(stage)  # the last in-simulation checkpoint of an interrupted stage, if any
+        run = sim.run(make_server(server_cfg, self.x0), state=state,
+                      checkpoint=lambda updates, s: self.ctx.save(stage, updates, s))
+        result = summarise(run, sim_cfg.target_accuracy)
         self.ctx.checkpoints.mark_done(stage, result)
         return result
 
@@ -104,7 +114,7 @@ class Experiment:
 
 
 def summarise(r: SimulationResult, target: float) -> dict[str, Any]:
-    """Time / updates / bytes to the first evaluation at ``target`` accuracy, and the run's counters."""
+    """Time / updates / bytes to the first evaluated model at ``target`` accuracy, and the run's counters."""
     c = r.counters
     hit = next((p for p in r.history if p.accuracy >= target), None)
     return {
@@ -176,7 +186,7 @@ def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     curves: dict[str, Any] = {}
     try:
         for i, c in enumerate(a.concurrency_levels):
-            k = a.buffer_sizes[i] if a.buffer_sizes else a.async_server.buffer_size
+            k = a.buffer_sizes[i] if a.buffer_sizes else max(1, round(a.buffer_fraction * c))
             sync = exp.simulate(f"sync_c{c}", a.sync_server, c)
             asyn = exp.simulate(f"async_c{c}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c)
             curves[f"sync C={c}"], curves[f"async C={c}"] = sync["history"], asyn["history"]

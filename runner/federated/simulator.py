@@ -5,6 +5,15 @@ The clock jumps from event to event (a client finishes, drops out, or a server t
 whom to start and what to do with each report; the simulator owns the clock, the global model, client
 dispatch, validation of updates, counters and evaluation.
 
+Evaluation does not depend on how often a mode steps: with ``eval_interval: null`` every model version the
+server produces is evaluated at the simulated time it is installed (so time to target is the time of the
+first server step whose model reaches it); with ``eval_interval: s`` the model in place at each point of
+the grid 0, s, 2s, ... (the same grid for every mode) is evaluated, for test sets too large to score per step.
+
+``state_dict`` / ``load_state_dict`` capture the whole simulation (clock, heap, in-flight clients with
+their computed updates, RNG, counters, history and the server mode), so a stage resumed from an
+in-simulation checkpoint continues bit for bit.
+
 Client training is lazy and batched: a client's update is computed when its report arrives, together
 with the other in-flight clients that will report (up to ``client.max_batch``), in one vectorised call.
 The result does not depend on the batching: a client's update depends only on its start parameters and
@@ -14,7 +23,6 @@ The result does not depend on the batching: a client's update depends only on it
 from __future__ import annotations
 
 import heapq
-import itertools
 import math
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -126,17 +134,17 @@ class Simulator:
         self.history: list[EvalPoint] = []
         self._evaluate, self._log = evaluate, log
         self._heap: list[tuple[float, int, int, Any]] = []
-        self._seq = itertools.count()
-        self._task_ids = itertools.count()
+        self._seq = 0  # heap tie-breaker: events at equal times pop in push order
+        self._next_task = 0
         self._select_rng = np.random.default_rng(derive_seed(seed, "select"))
-        self._last_eval_updates = -10**18
+        self._grid_k = 0  # next point of the evaluation grid (eval_interval set): t = k * eval_interval
         self.reached_target = False
 
     # ------------------------------------------------------------------ clients
     def dispatch(self, round: int = 0) -> Task:
         """A device checks in, downloads x (version v) and starts local training."""
         cid = self.population.select(self._select_rng, self.t, self.busy)
-        tid = next(self._task_ids)
+        tid, self._next_task = self._next_task, self._next_task + 1
         plan = self.trainer.plan(cid, tid)
         timing = self.population.timing(cid, tid, self.t, plan.examples, 2 * self.model_bytes)
         task = Task(tid, cid, self.t, self.t + timing.duration, self.version, self.x, plan.examples,
@@ -146,7 +154,7 @@ class Simulator:
         self.c.client_starts += 1
         self.c.bytes_down += self.model_bytes
         when, kind = (timing.drop_at, DROP) if timing.drop_at is not None else (task.finish, FINISH)
-        heapq.heappush(self._heap, (when, next(self._seq), kind, task))
+        self._push(when, kind, task)
         return task
 
     def _release(self, task: Task, spent: float) -> None:
@@ -169,8 +177,12 @@ class Simulator:
         self.c.discarded_stale += 1
         self.c.compute_wasted += task.compute
 
+    def _push(self, when: float, kind: int, payload: Any) -> None:
+        heapq.heappush(self._heap, (when, self._seq, kind, payload))
+        self._seq += 1
+
     def timer(self, at: float, tag: Any) -> None:
-        heapq.heappush(self._heap, (at, next(self._seq), TIMER, tag))
+        self._push(at, TIMER, tag)
 
     def record_staleness(self, tau: int) -> None:
         self.c.applied += 1
@@ -220,12 +232,12 @@ class Simulator:
         self.x = x_new.detach().clone()
         self.version += 1
         self.c.server_steps += 1
-        if self.c.client_updates - self._last_eval_updates >= self.cfg.eval_every_updates:
+        if self.cfg.eval_interval is None:
             self.evaluate()
 
     def evaluate(self) -> EvalPoint:
+        """Score the current global model at the current simulated time and append it to the history."""
         m = self._evaluate(self.x)
-        self._last_eval_updates = self.c.client_updates
         p = EvalPoint(self.t, self.c.client_updates, self.c.bytes, self.c.server_steps, m["accuracy"], m["loss"])
         if not self.history or self.history[-1] != p:
             self.history.append(p)
@@ -238,15 +250,39 @@ class Simulator:
 
     # ------------------------------------------------------------------ the event loop
     def _advance(self, t: float) -> None:
+        """Move the clock to ``t``, evaluating at the grid points passed on the way (if on a grid)."""
+        step = self.cfg.eval_interval
+        while step is not None and self._grid_k * step <= t:
+            self._move(self._grid_k * step)
+            self._grid_k += 1
+            self.evaluate()
+        self._move(t)
+
+    def _move(self, t: float) -> None:
         self.c.concurrency_area += len(self.in_flight) * (t - self.t)
         self.t = t
 
-    def run(self, server: Server) -> SimulationResult:
-        """Run ``server`` until the update budget, the time budget, or (optionally) the target accuracy."""
+    def _done(self) -> bool:
+        return self.c.client_updates >= self.cfg.max_client_updates or (self.cfg.stop_at_target and
+                                                                       self.reached_target)
+
+    def run(self, server: Server, checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
+            state: dict[str, Any] | None = None) -> SimulationResult:
+        """Run ``server`` until the update budget, the time budget, or (optionally) the target accuracy.
+
+        ``checkpoint(client_updates, state)`` is called every ``checkpoint_every`` uploads; passing such a
+        ``state`` back (with a freshly built ``server``) continues the simulation exactly where it was.
+        """
         cfg = self.cfg
-        self.evaluate()
-        server.start(self)
-        while self._heap:
+        if state is None:
+            if cfg.eval_interval is None:
+                self.evaluate()
+            server.start(self)
+            if checkpoint is not None and cfg.checkpoint_every:
+                checkpoint(0, self.state_dict(server))  # a resumed stage always rewinds to a checkpoint
+        else:
+            self.load_state_dict(state, server)
+        while self._heap and not self._done():
             when, _, kind, payload = heapq.heappop(self._heap)
             if kind != TIMER and payload.cancelled:
                 continue
@@ -273,9 +309,26 @@ class Simulator:
                     self.c.compute_wasted += payload.compute
                     server.on_failure(self, payload)
                 payload.delta = None
-            if self.c.client_updates >= cfg.max_client_updates or (cfg.stop_at_target and self.reached_target):
-                break
-        self.evaluate()
+                every = cfg.checkpoint_every
+                if checkpoint is not None and every and self.c.client_updates % every == 0 and not self._done():
+                    checkpoint(self.c.client_updates, self.state_dict(server))
+        if cfg.eval_interval is None or not self.history or self.history[-1].time < self.t:
+            self.evaluate()
         for task in list(self.in_flight.values()):  # work still running at the end is not wasted: it is unfinished
             self.c.compute_total += task.compute_done(self.t)
         return SimulationResult(self.c, self.history, self.t, self.x)
+
+    # ------------------------------------------------------------------ checkpoints
+    _STATE = ("x", "version", "t", "in_flight", "busy", "c", "history", "_heap", "_seq", "_next_task", "_grid_k",
+              "reached_target")
+
+    def state_dict(self, server: Server) -> dict[str, Any]:
+        """Everything the rest of the simulation depends on (tasks keep their identity across heap/in_flight)."""
+        return {**{k: getattr(self, k) for k in self._STATE},
+                "select_rng": self._select_rng.bit_generator.state, "server": vars(server)}
+
+    def load_state_dict(self, state: dict[str, Any], server: Server) -> None:
+        for k in self._STATE:
+            setattr(self, k, state[k])
+        self._select_rng.bit_generator.state = state["select_rng"]
+        vars(server).update(state["server"])

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import pytest
 import torch
 
 from runner.federated.aggregators import make_server
@@ -28,7 +29,7 @@ def test_fedbuff_staleness_sequence_on_an_equal_clock(make_spec, make_sim_cfg, m
     # C=4 clients, K=2, equal durations d. At t=d the four reports arrive in dispatch order:
     # r1 (v0, tau 0) buffered, r2 (tau 0) -> step v1, r3 (tau 1), r4 (tau 1) -> step v2. Replacements
     # started from v0, v1, v1, v2, so at t=2d: tau = 2-0, 2-1 -> step v3, then 3-1, 3-2 -> step v4.
-    cfg = equal_clock(make_sim_cfg, concurrency=4, max_client_updates=8, eval_every_updates=1000)
+    cfg = equal_clock(make_sim_cfg, concurrency=4, max_client_updates=8)
     sim, x0 = build(make_spec, cfg, data_kw={"size_sigma": 0.0})
     seen = []
     record = sim.record_staleness
@@ -40,7 +41,7 @@ def test_fedbuff_staleness_sequence_on_an_equal_clock(make_spec, make_sim_cfg, m
 
 
 def test_fedavg_over_selection_cancels_stragglers(make_spec, make_sim_cfg, make_server_cfg):
-    cfg = make_sim_cfg(concurrency=10, max_client_updates=40, eval_every_updates=1000)
+    cfg = make_sim_cfg(concurrency=10, max_client_updates=40)
     sim, x0 = build(make_spec, cfg)
     res = sim.run(make_server(make_server_cfg(mode="fedavg", over_selection=0.25, optimizer="momentum"), x0))
     c = res.counters
@@ -50,7 +51,7 @@ def test_fedavg_over_selection_cancels_stragglers(make_spec, make_sim_cfg, make_
 
 
 def run_small(make_spec, make_sim_cfg, make_server_cfg, seed, mode="fedbuff", **kw):
-    cfg = make_sim_cfg(concurrency=8, max_client_updates=80, eval_every_updates=20, **kw)
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=80, **kw)
     sim, x0 = build(make_spec, cfg, seed=seed)
     return sim.run(make_server(make_server_cfg(mode=mode, buffer_size=4), x0))
 
@@ -86,3 +87,68 @@ def test_dropouts_counted_and_availability_windows(make_spec, make_sim_cfg, make
     assert pop.available(p, t_open) and pop.available(p, t_open + DAY)
     assert not pop.available(p, p.phase + p.window + 1.0)
     assert pop.window_closes(p, t_open) == p.phase + p.window
+
+
+def _record_steps(sim):
+    """Wrap ``sim.step`` to record (time, model) of every installed server model."""
+    steps = []
+    install = sim.step
+
+    def step(x):
+        install(x)
+        steps.append((sim.t, sim.x.clone()))
+
+    sim.step = step
+    return steps
+
+
+def test_every_server_step_is_evaluated_at_its_time(make_spec, make_sim_cfg, make_server_cfg):
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=60)
+    sim, x0 = build(make_spec, cfg)
+    steps = _record_steps(sim)
+    evaluate = sim._evaluate
+    res = sim.run(make_server(make_server_cfg(mode="fedbuff", buffer_size=4), x0))
+    assert len(steps) == res.counters.server_steps == 15
+    by_step = {p.server_steps: p for p in res.history}
+    assert set(by_step) == set(range(16))  # the initial model and every version the server produced
+    for k, (t, x) in enumerate(steps, start=1):
+        assert by_step[k].time == t and by_step[k].accuracy == evaluate(x)["accuracy"]
+
+
+def test_time_grid_evaluates_the_model_in_place_at_each_grid_point(make_spec, make_sim_cfg, make_server_cfg):
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=60, eval_interval=40.0)
+    sim, x0 = build(make_spec, cfg)
+    steps = _record_steps(sim)
+    evaluate = sim._evaluate
+    res = sim.run(make_server(make_server_cfg(mode="fedavg", over_selection=0.3), x0))
+    grid = [p for p in res.history if p.time < res.end_time]
+    assert [p.time for p in grid] == [40.0 * k for k in range(len(grid))] and len(grid) > 5
+    for p in grid:
+        before = [x for t, x in steps if t < p.time]
+        assert p.accuracy == evaluate(before[-1] if before else x0)["accuracy"]
+
+
+def _saved(state):
+    """A state as it comes back from disk (torch.save / torch.load, as the run context's checkpointer does)."""
+    import io
+
+    buf = io.BytesIO()
+    torch.save(state, buf)
+    buf.seek(0)
+    return torch.load(buf, weights_only=False)
+
+
+@pytest.mark.parametrize("mode", ["fedbuff", "fedavg", "fedasync"])
+def test_resume_from_an_in_simulation_checkpoint_is_exact(make_spec, make_sim_cfg, make_server_cfg, mode):
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=60, checkpoint_every=25,
+                       clock={"dropout_rate": 0.002})
+    server_cfg = make_server_cfg(mode=mode, buffer_size=3, optimizer="momentum", round_timeout=300.0)
+    sim, x0 = build(make_spec, cfg)
+    saved = {}
+    full = sim.run(make_server(server_cfg, x0), checkpoint=lambda n, s: saved.setdefault(n, _saved(s)))
+    assert sorted(saved) == [0, 25, 50]
+    fresh, _ = build(make_spec, cfg)
+    resumed = fresh.run(make_server(server_cfg, x0), state=saved[25])
+    assert resumed.history == full.history
+    assert torch.equal(resumed.final_model, full.final_model)
+    assert resumed.counters == full.counters and resumed.end_time == full.end_time

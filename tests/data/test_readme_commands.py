@@ -13,19 +13,9 @@ import pytest
 
 from runner.core.cli import _compose_job, _expand_jobs, preflight
 from runner.data.preflight import data_files
+from tests.fixtures.benchmarks import FIX, FIXTURES
 
 ROOT = Path(__file__).resolve().parents[2]
-FIX = ROOT / "tests" / "fixtures" / "benchmarks"
-FIXTURES = {  # dataset option → the fixture with its published file's layout
-    "xstest": "xstest_prompts.csv", "moderation_xstest": "xstest_v2_prompts.csv",
-    "strongreject": "strongreject_dataset.csv", "harmbench": "harmbench_behaviors_text_all.csv",
-    "advbench": "harmful_behaviors.csv", "openai_moderation": "samples-1680.jsonl",
-    "moderation_openai": "samples-1680.jsonl.gz", "toxicchat": "toxic-chat_annotation_test.csv",
-    "moderation_toxicchat": "toxic-chat_annotation_test.csv", "wildjailbreak": "wildjailbreak_train.tsv",
-    "wildjailbreak_eval": "wildjailbreak_eval.tsv", "or_bench_80k": "or-bench-hard-1k.csv",
-    "or_bench_hard_1k": "or-bench-hard-1k.csv", "or_bench_toxic": "or-bench-hard-1k.csv",
-    "fortress": "fortress_public.parquet", "beavertails": "beavertails_30k_train.jsonl.gz",
-}
 PLACEHOLDER = re.compile(r"^(FILE|DIR|PATH|\.\.\.|/?path/to/.*|/local/.*)$")
 
 def readme_commands() -> list[tuple[int, str]]:
@@ -68,7 +58,7 @@ def _substitute(argv: list[str], tmp_path: Path) -> list[str]:
     out = [f"{t.split('=', 1)[0]}={local[t.split('=', 1)[0]]}" if t.split("=", 1)[0] in local else t for t in argv]
     cfg = _compose_job(_expand_jobs([a for a in out if not a.startswith("-")], "-m" in out)[0])
     if "dataset.path" in local and cfg.dataset.name in FIXTURES:
-        out = [f"dataset.path={FIX / FIXTURES[cfg.dataset.name]}" if t.startswith("dataset.path=") else t
+        out = [f"dataset.path={FIX / FIXTURES[cfg.dataset.name][0]}" if t.startswith("dataset.path=") else t
                for t in out]
     return out
 
@@ -92,5 +82,5 @@ def test_readme_command_passes_preflight(tmp_path, capsys, monkeypatch, line, ar
         cfg = _compose_job(_expand_jobs([a for a in argv if not a.startswith("-")], "-m" in argv)[0])
         paths = [Path(p) for _, p in data_files(cfg.dataset)]
         if cfg.dataset.name in FIXTURES:  # preflight read the benchmark fixture in place of the user's file
-            assert paths == [FIX / FIXTURES[cfg.dataset.name]]
+            assert paths == [FIX / FIXTURES[cfg.dataset.name][0]]
     assert all(p.name in ("dataset_path", "model_path") for p in tmp_path.iterdir())  # no run directory

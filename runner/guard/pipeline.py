@@ -29,6 +29,7 @@ from runner.core.errors import ConfigError
 from runner.core.report import markdown_table
 from runner.data.moderation import ModerationExample
 from runner.guard import compress
+from runner.guard.baselines import bow_baseline, majority_baseline
 from runner.guard.evaluate import build_guard, check_guard_keys, evaluate_guard, prompt_wrap
 from runner.guard.format import CATEGORIES_1B, check_categories, output_token_ids
 from runner.guard.train import GuardPrompter, GuardTrainConfig, collate, train_guard
@@ -180,14 +181,23 @@ def _teacher(cfg: DictConfig, a: Any, source: Any) -> Any:
     return teacher.eval()
 
 
+def _split(cfg: DictConfig, seed: int) -> tuple[list[ModerationExample], list[ModerationExample]]:
+    """(train, test): the toy world's own held-out split (``dataset.params.test_fraction``), else a seeded
+    random split of ``algorithm.test_fraction``."""
+    from runner.data.moderation import load_moderation, split_examples, toy_split
+
+    examples = load_moderation(cfg.dataset, seed)
+    if cfg.dataset.source == "builtin":
+        return toy_split(examples)
+    return split_examples(examples, cfg.algorithm.test_fraction, seed)
+
+
 # --------------------------------------------------------------------------- the recipe
 def run_llamaguard_1b_int4(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     """Compress a guard into an INT4 student; report the stage table and the teacher-vs-student comparison."""
-    from runner.data.moderation import load_moderation, split_examples
-
     a = cfg.algorithm
     cats = check_categories(list(a.categories))
-    train, test = split_examples(load_moderation(cfg.dataset, ctx.seed), a.test_fraction, ctx.seed)
+    train, test = _split(cfg, ctx.seed)
     model, prompter = build_guard(cfg.model, cfg.hardware, cats, prompt_wrap(a.prompt_wrap, cfg.model), train)
     tok = prompter.tokenizer
     pad = tok.pad_token_id
@@ -252,11 +262,16 @@ def run_llamaguard_1b_int4(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                                                         [table[n]["bytes"] / source_row["bytes"] for n in names])},
              "stage (" + ", ".join(names) + ")", "value", title="compression stages")
     final = stages.rows[final_name]
+    baselines = ctx.checkpoints.done("baselines")
+    if baselines is None:  # the task's difficulty check, on the same split
+        baselines = {"bow": bow_baseline(train, test, ctx.seed), "majority": majority_baseline(train, test)}
+        ctx.checkpoints.mark_done("baselines", baselines)
     return {
         "stages": stages.rows,
         "teacher": {"f1": teacher_row["f1"], "fpr": teacher_row["fpr"], "bytes": teacher_row["bytes"]},
         "student": {"stage": final_name, "f1": final["f1"], "fpr": final["fpr"], "bytes": final["bytes"]},
         "f1_gap": final["f1"] - teacher_row["f1"],
+        "baselines": baselines,
         "compression_ratio_vs_fp32_source": source_row["bytes"] / final["bytes"],
         "kept_blocks": calib["keep_blocks"],
         "block_importance": calib["block_importance"],

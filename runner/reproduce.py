@@ -106,7 +106,7 @@ def render(aggregates: Sequence[Mapping[str, Any]], command: str = "") -> str:
             meta = [f"Seeds {', '.join(map(str, g['seeds']))}: {g['n_ok']}/{g['n']} jobs finished"
                     + (f" (failed: jobs {g['failed_jobs']})" if g["failed_jobs"] else ""),
                     f"run time per job {stat_cell(wall)} s" if wall else "",
-                    f"commit {_short(agg)}, finished {agg.get('date', '?')}",
+                    f"commit {_short(agg)}, started {agg.get('date', '?')}, finished {agg.get('finished', '?')}",
                     f"overrides {extra}" if extra else "", f"sweep `{agg.get('sweep_dir', '?')}`"]
             body = claims_table(g)
             if g["claim_metrics"]:

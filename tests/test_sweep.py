@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import subprocess
 
 import numpy as np
 import pytest
 import yaml
 
 from runner.core.sweep import aggregate, describe, read_jobs, summarize_sweep
-from tests.conftest import run_cli
+from tests.conftest import ROOT, run_cli
 
 TINY = ["+recipe=smoke", "run.smoke=true", "algorithm.steps=16", "algorithm.warmup_steps=2", "algorithm.eval_every=8",
         "algorithm.checkpoint_every=8", "algorithm.eval_batches=2", "run.progress=false"]
@@ -82,6 +83,8 @@ def test_cluster_launchers_put_every_job_in_one_aggregated_sweep_folder(tmp_path
     assert group["claim_metrics"]["eval_loss"]["mean"] == pytest.approx(np.mean(losses))
     assert group["claim_metrics"]["eval_loss"]["sd"] == pytest.approx(np.std(losses, ddof=1))
     assert "## Aggregate over seeds" in (sweep / "summary.md").read_text()
+    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
+    assert json.loads((sweep / "aggregate.json").read_text())["commit"] == (head or None)
 
 
 def test_reproduce_runs_a_recipe_over_seeds_and_rerenders_from_its_sweep(tmp_path):

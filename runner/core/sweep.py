@@ -3,8 +3,9 @@
 ``SweepSummary`` (a Hydra callback registered in ``conf/config.yaml``) writes, in the sweep folder:
 ``summary.csv`` and ``summary.md`` (one row per job: overrides, status, scalar results) and
 ``aggregate.json`` (jobs grouped by their overrides other than ``seed``; per group, each claim's k/n and
-mean ± sd, min and max of every scalar result, the claims' metrics first). ``summary.md`` gets the same
-aggregate as tables. Jobs that wrote no ``results.json`` are listed as ``failed`` and count in n.
+mean ± sd, min and max of every scalar result, the claims' metrics first; the commit as the sweep
+started). ``summary.md`` gets the same aggregate as tables. Jobs that wrote no ``results.json`` are
+listed as ``failed`` and count in n.
 
 Cluster launchers (submitit local/Slurm, joblib) compose each job again in another process, where a
 time-stamped sweep directory would resolve anew; ``pin_sweep_dir`` resolves it once in the launching
@@ -29,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.core.report import flatten, fmt_value, markdown_table, write_json
 
+PROVENANCE_FILE = "provenance.json"  # commit, dirty flag and date as the sweep started
 GROUP_EXCLUDES = ("seed",)  # overrides that do not split jobs into groups: what a group aggregates over
 
 
@@ -149,7 +151,9 @@ def stat_cell(s: Mapping[str, Any]) -> str:
 def claims_table(group: Mapping[str, Any]) -> str:
     rows = [{"claim": name, "expression": f"`{c['expression']}`", "holds": f"{c['holds']}/{c['n']}"}
             for name, c in group["claims"].items()]
-    return markdown_table(rows, ["claim", "expression", "holds"]) if rows else "No claims declared.\n"
+    if not rows:
+        return "No claims declared.\n" if group["n_ok"] else "No job finished.\n"
+    return markdown_table(rows, ["claim", "expression", "holds"])
 
 
 def metrics_table(stats: Mapping[str, Mapping[str, Any]]) -> str:
@@ -195,8 +199,10 @@ def summarize_sweep(sweep_dir: Path | str) -> list[dict[str, Any]]:
         w.writeheader()
         w.writerows(rows)
     groups = aggregate(jobs)
-    write_json(sweep_dir / "aggregate.json", {"sweep_dir": str(sweep_dir), "n_jobs": len(jobs), **provenance(),
-                                              "groups": groups})
+    started = sweep_dir / PROVENANCE_FILE  # the code as the sweep started, if the callback recorded it
+    prov = json.loads(started.read_text()) if started.exists() else provenance()
+    write_json(sweep_dir / "aggregate.json", {"sweep_dir": str(sweep_dir), "n_jobs": len(jobs), **prov,
+                                              "finished": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "groups": groups})
     (sweep_dir / "summary.md").write_text(f"# Sweep {sweep_dir.name}\n\n" + aggregate_markdown(groups)
                                           + "\n## Jobs\n" + markdown_table(rows, columns))
     return rows
@@ -229,6 +235,11 @@ def sweep_dir_override(path: Path | str) -> str:
 
 
 class SweepSummary(Callback):
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        write_json(sweep_dir / PROVENANCE_FILE, provenance())
+
     def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
         sweep_dir = Path(config.hydra.sweep.dir)
         if sweep_dir.exists():

@@ -25,7 +25,7 @@ from typing import Any
 from omegaconf import DictConfig
 
 from runner.core.errors import ConfigError
-from runner.data.files import Layout, match_layout, norm, read_table
+from runner.data.files import DataError, Layout, match_layout, norm, read_table
 from runner.data.safety import LOADERS, SafetyRecord, benchmark_files, load_benchmarks, read_benchmark
 
 
@@ -239,8 +239,8 @@ def _hub_benchmark(loader: str, hf_id: str | None, hf_config: str | None, split:
         ds = load_dataset(hf_id, hf_config, split=split)
     except Exception as e:  # offline: say how to use a local copy
         first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise RuntimeError(f"could not load dataset '{hf_id}' ({first}); offline, download the file and set "
-                           "dataset.path=FILE") from e
+        raise DataError(str(hf_id), None, f"could not load the hub dataset ({first}); offline, download the "
+                                          "file and set dataset.path=FILE") from e
     table = Table(Path(str(hf_id)), list(ds.column_names), list(ds))
     layout = match_layout(table, LOADERS[loader].layouts, loader)
     return [r for r in layout.convert(table.rows) if r.prompt.strip()], len(table)

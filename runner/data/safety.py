@@ -349,8 +349,8 @@ def read_benchmark(loader: str, path: str | None = None, hf_config: str | None =
                               **dict(spec.load_kwargs))
         except Exception as e:  # offline or gated: say how to use a local copy
             first = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise RuntimeError(f"could not load dataset '{spec.hf_id}' for loader '{loader}' ({first}); offline, "
-                               "download the benchmark's file and set its `path`") from e
+            raise DataError(spec.hf_id, None, f"could not load the hub dataset for loader '{loader}' ({first}); "
+                                              "offline, download the benchmark's file and set its `path`") from e
         table = Table(Path(spec.hf_id), list(ds.column_names), list(ds))
     layout = match_layout(table, spec.layouts, loader)
     records = [rec for rec in layout.convert(table.rows) if rec.prompt.strip()]

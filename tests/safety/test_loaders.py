@@ -160,5 +160,5 @@ def test_every_loader_has_a_hub_id_and_offline_failure_names_path(monkeypatch):
         raise ConnectionError("offline")
 
     monkeypatch.setattr(datasets, "load_dataset", offline)
-    with pytest.raises(RuntimeError, match="set its `path`"):
+    with pytest.raises(DataError, match="walledai/XSTest: could not load the hub dataset .* set its `path`"):
         load_safety_dataset("xstest")

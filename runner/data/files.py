@@ -123,49 +123,50 @@ def _decode(p: Path, data: bytes) -> str:
 
 
 def _read_csv(p: Path, text: str, delimiter: str) -> Table:
-    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=True)
-    columns: list[str] | None = None
-    rows: list[Row] = []
-    lines: list[int | str] = []
+    """Parse as pandas does (a quote inside an unquoted field is kept), then check what pandas lets pass: the
+    file must not end inside a quoted field, and every row must have the header's number of fields."""
+    reader = csv.reader(io.StringIO(text, newline=""), delimiter=delimiter, strict=False)
+    records: list[tuple[int, list[str]]] = []
     start = 1
     try:
         for cells in reader:
             line, start = start, reader.line_num + 1
-            if not cells or (len(cells) == 1 and not cells[0].strip() and columns is not None):
-                continue  # blank line
-            if columns is None:
-                columns = [c.strip() for c in cells]
-                dup = [c for c in columns if c and columns.count(c) > 1]
-                if dup:
-                    raise DataError(p, line, "appears twice in the header", dup[0])
-                continue
-            if len(cells) < len(columns):
-                raise DataError(p, line, f"missing: the row has {len(cells)} of the header's {len(columns)} "
-                                         "fields (a row cut short?)", columns[len(cells)])
-            if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns):]):
-                raise DataError(p, line, f"the row has {len(cells)} fields, the header {len(columns)}",
-                                f"#{len(columns) + 1}")
-            rows.append({c: v.replace("\r\n", "\n") for c, v in zip(columns, cells)})
-            lines.append(line)
+            if cells and not (len(cells) == 1 and not cells[0].strip() and records):  # skip blank lines
+                records.append((line, cells))
     except csv.Error as e:
-        col = columns[len(_partial_fields(text, start, delimiter)) - 1] if columns else None
-        what = ("a quoted field is never closed (the file ends inside it: cut short?)"
-                if "end of data" in str(e) else f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})")
-        raise DataError(p, start, what, col) from None
-    if columns is None:
+        raise DataError(p, start, f"malformed {'TSV' if delimiter == chr(9) else 'CSV'} ({e})") from None
+    if not records:
         raise DataError(p, 1, "the file is empty")
-    if not rows:
+    (_, header), body = records[0], records[1:]
+    columns = [c.strip() for c in header]
+    dup = [c for c in columns if c and columns.count(c) > 1]
+    if dup:
+        raise DataError(p, 1, "appears twice in the header", dup[0])
+    last_line, last = records[-1]
+    if _ends_inside_quotes(text, last_line, delimiter):
+        raise DataError(p, last_line, "a quoted field is never closed (the file ends inside it: cut short?)",
+                        columns[min(len(last), len(columns)) - 1])
+    if not body:
         raise DataError(p, 2, "no data rows after the header")
-    return Table(p, columns, rows, lines)
+    for line, cells in body:
+        if len(cells) < len(columns):
+            raise DataError(p, line, f"missing: the row has {len(cells)} of the header's {len(columns)} "
+                                     "fields (a row cut short?)", columns[len(cells)])
+        if len(cells) > len(columns) and any(c.strip() for c in cells[len(columns):]):
+            raise DataError(p, line, f"the row has {len(cells)} fields, the header {len(columns)}",
+                            f"#{len(columns) + 1}")
+    rows = [{c: v.replace("\r\n", "\n") for c, v in zip(columns, cells)} for _, cells in body]
+    return Table(p, columns, rows, [line for line, _ in body])
 
 
-def _partial_fields(text: str, line: int, delimiter: str) -> list[str]:
-    """The fields of the (unterminated) record starting at ``line``, read leniently: where a cut falls."""
-    rest = "".join(text.splitlines(keepends=True)[line - 1:])
+def _ends_inside_quotes(text: str, line: int, delimiter: str) -> bool:
+    """Whether the record starting at ``line`` (the last one) runs into the end of the file inside quotes."""
+    tail = "".join(text.splitlines(keepends=True)[line - 1:])
     try:
-        return next(csv.reader(io.StringIO(rest + '"', newline=""), delimiter=delimiter)) or [""]
-    except (csv.Error, StopIteration):
-        return [""]
+        list(csv.reader(io.StringIO(tail, newline=""), delimiter=delimiter, strict=True))
+    except csv.Error as e:
+        return "end of data" in str(e)
+    return False
 
 
 def _read_jsonl(p: Path, text: str) -> Table:

@@ -35,6 +35,13 @@ def test_row_lines_count_quoted_newlines(tmp_path):
     assert table.lines == [2, 5]  # the blank line 4 is skipped; the second row starts on line 5
 
 
+def test_a_quote_inside_an_unquoted_field_is_kept_as_pandas_does(tmp_path):
+    p = tmp_path / "q.tsv"
+    p.write_text('prompt\tlabel\n"Hi" she said, "go"\t1\nplain\t0\n')
+    ref = pd.read_csv(p, sep="\t", dtype=str)
+    assert [list(r.values()) for r in read_table(p).rows] == [list(r) for r in ref.itertuples(index=False)]
+
+
 @pytest.mark.parametrize("ext,compress", [(".gz", gzip.compress), (".xz", lzma.compress), (".bz2", bz2.compress)])
 def test_compressed_files_read_like_plain(tmp_path, ext, compress):
     p = tmp_path / f"samples.jsonl{ext}"

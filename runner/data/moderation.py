@@ -26,7 +26,7 @@ from omegaconf import DictConfig
 
 from runner.core.errors import ConfigError
 from runner.data.files import DataError, Layout, match_layout, norm, read_table
-from runner.data.safety import LOADERS, SafetyRecord, benchmark_files, load_benchmarks, read_benchmark
+from runner.data.safety import LOADERS, SafetyRecord, benchmark_files, data_info, load_benchmarks, read_benchmark
 
 
 @dataclass
@@ -271,9 +271,7 @@ def load_moderation(cfg: DictConfig, seed: int, info: dict[str, Any] | None = No
         keep = sorted(random.Random(seed).sample(range(len(examples)), n))
         selected = [examples[i] for i in keep]
     if info is not None:
-        n_unsafe = sum(e.unsafe for e in examples)
-        info[cfg.name] = {"path": cfg.path, "rows": rows, "records": len(examples), "harmful": n_unsafe,
-                          "benign": len(examples) - n_unsafe, "used": len(selected)}
+        info[cfg.name] = data_info(cfg.path, rows, len(examples), sum(e.unsafe for e in examples), len(selected))
     return selected
 
 

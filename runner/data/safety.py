@@ -372,11 +372,11 @@ def _select(records: list[SafetyRecord], num_examples: int | None, seed: int, sh
     return records[:num_examples] if num_examples else records
 
 
-def data_info(path: str | None, rows: int, records: Sequence[SafetyRecord], used: int) -> dict[str, Any]:
-    """What a run read from one benchmark, for ``results.json``'s ``data.<name>``."""
-    n_harmful = sum(r.harmful for r in records)
-    return {"path": path, "rows": rows, "records": len(records), "harmful": n_harmful,
-            "benign": len(records) - n_harmful, "used": used}
+def data_info(path: str | None, rows: int, records: int, harmful: int, used: int) -> dict[str, Any]:
+    """What a run read from one file, for ``results.json``'s ``data.<name>``: rows in the file, records made
+    of them (harmful / benign), records used after any cap."""
+    return {"path": path, "rows": rows, "records": records, "harmful": harmful, "benign": records - harmful,
+            "used": used}
 
 
 def load_benchmarks(specs: Sequence[Any], seed: int = 0, info: dict[str, Any] | None = None,
@@ -396,7 +396,8 @@ def load_benchmarks(specs: Sequence[Any], seed: int = 0, info: dict[str, Any] | 
         caps = [n for n in (spec.num_examples, num_examples) if n]
         out[name] = _select(records, min(caps) if caps else None, seed, spec.shuffle)
         if info is not None:
-            info[prefix + name] = data_info(spec.path, rows, records, len(out[name]))
+            info[prefix + name] = data_info(spec.path, rows, len(records), sum(r.harmful for r in records),
+                                            len(out[name]))
     return out
 
 

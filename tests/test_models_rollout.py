@@ -181,9 +181,10 @@ class _FakeLLM:
         worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=runner_model))
         self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
         self.reset = 0
+        self.tokenizer = None
 
     def generate(self, prompts, sp, use_tqdm=False):
-        self.sp = sp
+        self.sp, self.prompts = sp, prompts
         return [self._out(i) for i, _ in enumerate(prompts)]
 
     def chat(self, messages, sp, use_tqdm=False):
@@ -197,6 +198,9 @@ class _FakeLLM:
 
     def reset_prefix_cache(self):
         self.reset += 1
+
+    def get_tokenizer(self):
+        return self.tokenizer
 
 
 def test_vllm_engine_maps_params_outputs_and_weight_updates(monkeypatch):
@@ -223,3 +227,32 @@ def test_vllm_engine_maps_params_outputs_and_weight_updates(monkeypatch):
     assert engine.llm.chat_called
     engine.update_weights(model)
     assert engine.llm.loaded == ["weight", "bias"] and engine.llm.reset == 1
+
+    # a rendered template that already holds the BOS goes in as token ids, so vLLM adds no second BOS
+    engine.llm.tokenizer = _bos_adding_tokenizer()
+    engine.generate(["<s>a", "<s>b"], SamplingParams())
+    ids = [p["prompt_token_ids"] for p in engine.llm.prompts]
+    assert [i.count(engine.llm.tokenizer.bos_token_id) for i in ids] == [1, 1]
+
+
+def _bos_adding_tokenizer():
+    """The byte tokenizer made to prepend ``<s>`` as Llama 3's tokenizer prepends ``<|begin_of_text|>``."""
+    from tokenizers.processors import TemplateProcessing
+
+    from runner.models.tokenizer import byte_tokenizer
+
+    tok = byte_tokenizer()
+    tok._tokenizer.post_processor = TemplateProcessing(single="<s> $A", special_tokens=[("<s>", tok.bos_token_id)])
+    return tok
+
+
+def test_hf_engine_never_doubles_the_bos(tiny):
+    """A prompt rendered with its BOS (as Llama 3 / Llama Guard chat templates do) keeps exactly one."""
+    model, _ = tiny
+    tok = _bos_adding_tokenizer()
+    engine = HFEngine(model, tok)
+    p = SamplingParams(max_new_tokens=2, temperature=0.0)
+    (rendered,) = engine.generate(["<s>hi"], p)
+    (plain,) = engine.generate(["hi"], p)
+    assert rendered.prompt_token_ids == plain.prompt_token_ids
+    assert rendered.prompt_token_ids.count(tok.bos_token_id) == 1 and rendered.prompt_token_ids[0] == tok.bos_token_id

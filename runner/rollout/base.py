@@ -68,6 +68,13 @@ def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
     return (text[:cut], True) if cut >= 0 else (text, False)
 
 
+def special_tokens_needed(tokenizer: Any, texts: Sequence[str]) -> bool:
+    """Whether tokenizing ``texts`` should add the tokenizer's special tokens: not when every text already
+    begins with its BOS (a rendered chat template such as Llama 3's), which would otherwise be doubled."""
+    bos = getattr(tokenizer, "bos_token", None)
+    return not (bos and texts and all(t.startswith(bos) for t in texts))
+
+
 def build_engine(name: str, model: Any, tokenizer: Any, hardware_cfg: Any = None, **kwargs: Any) -> RolloutEngine:
     """The engine registered as ``name`` (``hf`` or ``vllm``), built for ``model``."""
     from runner.core import registry

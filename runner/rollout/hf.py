@@ -12,7 +12,7 @@ from typing import Any
 
 import torch
 
-from runner.rollout.base import Prompt, Rollout, SamplingParams, truncate_at_stop
+from runner.rollout.base import Prompt, Rollout, SamplingParams, special_tokens_needed, truncate_at_stop
 
 
 class HFEngine:
@@ -55,7 +55,8 @@ class HFEngine:
 
     def _generate_batch(self, batch: list[str], offset: int, params: SamplingParams) -> list[Rollout]:
         tok = self.tokenizer
-        enc = tok(batch, return_tensors="pt", padding=True).to(self.model.device)
+        enc = tok(batch, return_tensors="pt", padding=True,
+                  add_special_tokens=special_tokens_needed(tok, batch)).to(self.model.device)
         greedy = params.temperature == 0
         gen = self.model.generate(
             **enc,

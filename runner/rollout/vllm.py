@@ -14,7 +14,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from runner.core.errors import require
-from runner.rollout.base import Prompt, Rollout, SamplingParams
+from runner.rollout.base import Prompt, Rollout, SamplingParams, special_tokens_needed
 
 
 def _load_weights_on_worker(worker: Any, weights: list[tuple[str, Any]]) -> None:
@@ -65,7 +65,7 @@ class VLLMEngine:
         if prompts and not isinstance(prompts[0], str):
             outputs = self.llm.chat(list(prompts), sp, use_tqdm=False)
         else:
-            outputs = self.llm.generate(list(prompts), sp, use_tqdm=False)
+            outputs = self.llm.generate(self._string_prompts(list(prompts)), sp, use_tqdm=False)
         rollouts = []
         for i, out in enumerate(outputs):
             for j, comp in enumerate(out.outputs):
@@ -77,6 +77,13 @@ class VLLMEngine:
                     prompt_token_ids=list(out.prompt_token_ids or []),
                 ))
         return rollouts
+
+    def _string_prompts(self, texts: list[str]) -> list[Any]:
+        """Plain strings, or token ids where a text already holds the BOS (vLLM would add a second one)."""
+        tok = self.llm.get_tokenizer()
+        if special_tokens_needed(tok, texts):
+            return texts
+        return [{"prompt_token_ids": tok(t, add_special_tokens=False)["input_ids"]} for t in texts]
 
     def update_weights(self, model: Any) -> None:
         weights = [(name, p.detach()) for name, p in model.named_parameters()]

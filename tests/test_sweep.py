@@ -27,8 +27,13 @@ def _job(sweep, num, overrides, results):
 
 def _results(seed, asr, holds):
     info = {"expression": "trained.asr < 0.3", "holds": holds, "values": {"trained.asr": asr}, "reason": None}
-    return {"trained": {"asr": asr, "steps": 10}, "run": {"seed": seed, "wall_seconds": 2.0 + seed},
-            "claims": {"low": holds}, "claims_info": {"low": info}}
+    flag = {"expression": "trained.ok", "holds": holds, "values": {"trained.ok": holds}, "reason": None}
+    return {"trained": {"asr": asr, "steps": 10, "ok": holds}, "run": {"seed": seed, "wall_seconds": 2.0 + seed},
+            "claims": {"low": holds, "flag": holds}, "claims_info": {"low": info, "flag": flag}}
+
+
+def _head() -> str | None:
+    return subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip() or None
 
 
 def test_describe_matches_numpy_sample_statistics():
@@ -53,6 +58,7 @@ def test_aggregate_groups_by_non_seed_overrides_and_counts_failed_jobs(tmp_path)
     assert a["claims"]["low"]["holds"] == 2 and a["claims"]["low"]["n"] == 3
     assert a["claim_metrics"]["trained.asr"]["mean"] == pytest.approx(np.mean([0.1, 0.5, 0.2]))
     assert a["claim_metrics"]["trained.asr"]["sd"] == pytest.approx(np.std([0.1, 0.5, 0.2], ddof=1))
+    assert a["claim_metrics"]["trained.ok"]["mean"] == pytest.approx(2 / 3)  # a true/false read: fraction true
     assert a["metrics"]["run.wall_seconds"]["mean"] == pytest.approx(3.0)
     assert "run.seed" not in a["metrics"] and "claims.low" not in a["metrics"]
     # a failed job counts in n: the claim is not shown on it
@@ -67,6 +73,7 @@ def test_aggregate_groups_by_non_seed_overrides_and_counts_failed_jobs(tmp_path)
 
 @pytest.mark.parametrize("launcher", ["submitit_local", "joblib"])
 def test_cluster_launchers_put_every_job_in_one_aggregated_sweep_folder(tmp_path, launcher):
+    head_before = _head()
     proc = run_cli("-m", *TINY, "seed=0,1", f"run.output_root={tmp_path}", f"hydra/launcher={launcher}",
                    timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -83,8 +90,7 @@ def test_cluster_launchers_put_every_job_in_one_aggregated_sweep_folder(tmp_path
     assert group["claim_metrics"]["eval_loss"]["mean"] == pytest.approx(np.mean(losses))
     assert group["claim_metrics"]["eval_loss"]["sd"] == pytest.approx(np.std(losses, ddof=1))
     assert "## Aggregate over seeds" in (sweep / "summary.md").read_text()
-    head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True).stdout.strip()
-    assert json.loads((sweep / "aggregate.json").read_text())["commit"] == (head or None)
+    assert json.loads((sweep / "aggregate.json").read_text())["commit"] in (head_before, _head())  # as it started
 
 
 def test_reproduce_runs_a_recipe_over_seeds_and_rerenders_from_its_sweep(tmp_path):

@@ -96,9 +96,9 @@ def _aggregate_group(jobs: list[Job]) -> dict[str, Any]:
             if c["holds"]:
                 entry["holds"] += 1
                 entry["jobs_holding"].append(job.num)
-            for path, v in c["values"].items():
+            for path, v in c["values"].items():  # a true/false value counts as 1/0: its mean is the fraction true
                 entry["reads"].setdefault(path, [])
-                if isinstance(v, (int, float)) and not isinstance(v, bool) or v in ("inf", "-inf"):
+                if isinstance(v, (int, float)) or v in ("inf", "-inf"):
                     entry["reads"][path].append(float(v))
     claim_metrics: dict[str, dict[str, Any]] = {}
     for entry in claims.values():

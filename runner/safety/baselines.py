@@ -82,6 +82,11 @@ def _summary(metrics: dict[str, Any]) -> dict[str, Any]:
             "labels": metrics["labels"]}
 
 
+def _asr(metrics: dict[str, Any]) -> float | None:
+    """The ASR to plot: the judge's, or the non-refusal rate when the judge only detects refusals."""
+    return metrics["asr"] if metrics["asr"] is not None else metrics["asr_nonrefusal"]
+
+
 def _setup(cfg: DictConfig, ctx: RunContext):
     from runner.rollout import build_engine
 
@@ -99,7 +104,7 @@ def run_safety_eval(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     sets, system, judge = _setup(cfg, ctx)
     result = evaluate(system, sets.eval, judge, n_samples=cfg.algorithm.eval.n_samples)
     write_responses(ctx, "responses_base", result.rows)
-    pareto_plot(ctx, {"base": (result.metrics["orr"], result.metrics["asr"])})
+    pareto_plot(ctx, {"base": (result.metrics["orr"], _asr(result.metrics))})
     return {"systems": {"base": _summary(result.metrics)}, "judge": cfg.algorithm.judge.name,
             "data": sets.extra.get("data", {})}
 
@@ -123,6 +128,6 @@ def run_safety_eval_guarded(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         result = evaluate(sys_fn, sets.eval, judge, n_samples=a.eval.n_samples)
         write_responses(ctx, f"responses_{name.replace('+', '_')}", result.rows)
         out[name] = result.metrics
-    pareto_plot(ctx, {k: (m["orr"], m["asr"]) for k, m in out.items()})
+    pareto_plot(ctx, {k: (m["orr"], _asr(m)) for k, m in out.items()})
     return {"systems": {k: _summary(m) for k, m in out.items()}, "judge": a.judge.name, "guard": a.guard.name,
             "data": sets.extra.get("data", {})}

@@ -37,7 +37,7 @@ from runner.safety.evaluate import (
     pareto_plot,
     write_responses,
 )
-from runner.safety.judges import JudgeConfig, build_judge
+from runner.safety.judges import JudgeConfig, build_judge, resolve_judge_name
 
 
 @dataclass
@@ -105,7 +105,8 @@ def run_safety_eval(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     result = evaluate(system, sets.eval, judge, n_samples=cfg.algorithm.eval.n_samples)
     write_responses(ctx, "responses_base", result.rows)
     pareto_plot(ctx, {"base": (result.metrics["orr"], _asr(result.metrics))})
-    return {"systems": {"base": _summary(result.metrics)}, "judge": cfg.algorithm.judge.name,
+    return {"systems": {"base": _summary(result.metrics)},
+            "judge": resolve_judge_name(cfg.algorithm.judge.name, sets.world),
             "data": sets.extra.get("data", {})}
 
 
@@ -129,5 +130,6 @@ def run_safety_eval_guarded(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         write_responses(ctx, f"responses_{name.replace('+', '_')}", result.rows)
         out[name] = result.metrics
     pareto_plot(ctx, {k: (m["orr"], _asr(m)) for k, m in out.items()})
-    return {"systems": {k: _summary(m) for k, m in out.items()}, "judge": a.judge.name, "guard": a.guard.name,
+    return {"systems": {k: _summary(m) for k, m in out.items()},
+            "judge": resolve_judge_name(a.judge.name, sets.world), "guard": a.guard.name,
             "data": sets.extra.get("data", {})}

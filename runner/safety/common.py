@@ -51,13 +51,12 @@ def check_common(cfg: DictConfig) -> None:
         raise ConfigError(f"dataset.source={cfg.dataset.source} must be builtin (toy world) or hf (benchmarks)")
     if cfg.dataset.source == "hf" and not cfg.dataset.get("eval"):
         raise ConfigError("dataset.eval must list at least one benchmark when dataset.source=hf")
-    if cfg.dataset.source == "builtin" and a.judge.name not in ("rule", "refusal_string") and not a.judge.model:
+    if a.judge.name not in ("auto", "rule", "refusal_string") and not a.judge.model:
         raise ConfigError(f"algorithm.judge.name={a.judge.name} needs algorithm.judge.model")
     if cfg.dataset.source == "hf" and a.judge.name == "rule":
-        raise ConfigError("algorithm.judge.name=rule only knows the toy world (dataset.source=builtin)")
+        raise ConfigError("algorithm.judge.name=rule only knows the toy world (dataset.source=builtin); "
+                          "use auto or refusal_string for benchmark files, or an LLM judge")
     if a.warm_start.steps > 0:
-        if cfg.dataset.source != "builtin":
-            raise ConfigError("algorithm.warm_start.steps must be 0 unless dataset.source=builtin (toy world corpus)")
         if cfg.model.kind != "tiny":
             raise ConfigError("algorithm.warm_start.steps must be 0 for model.kind=hf (warm start is for tiny models)")
         check_train_config(a.warm_start, "algorithm.warm_start")
@@ -97,7 +96,10 @@ def prompt_sets(dataset_cfg: DictConfig, seed: int) -> PromptSets:
 
 
 def build_policy(cfg: DictConfig, ctx: RunContext, sets: PromptSets, stage: str = "warm_start"):
-    """The policy and tokenizer: tiny_lm warm-started on the toy corpus, or an HF model as it is."""
+    """The policy and tokenizer: tiny_lm warm-started on the toy corpus, or an HF model as it is.
+
+    A tiny policy evaluated on benchmark files is warm-started on the default toy world's corpus: the
+    benchmark is only its evaluation set (an offline check of the data path, not a meaningful policy)."""
     from runner.models.builder import build_model_and_tokenizer
     from runner.models.finetune import finetune as run_finetune
     from runner.models.finetune import token_stream
@@ -105,10 +107,8 @@ def build_policy(cfg: DictConfig, ctx: RunContext, sets: PromptSets, stage: str 
     a = cfg.algorithm
     model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
     if a.warm_start.steps > 0:
-        if sets.world is None:
-            raise ConfigError("algorithm.warm_start needs the toy world (dataset.source=builtin)")
-        texts = warm_start_corpus(sets.world, tok, a.warm_start.examples, ctx.seed, sets.mix,
-                                  a.get("system_prompt"))
+        texts = warm_start_corpus(sets.world or ToySafetyWorld(), tok, a.warm_start.examples, ctx.seed,
+                                  sets.mix or WarmStartMix(), a.get("system_prompt"))
         run_finetune(model, token_stream(texts, tok), a.warm_start, ctx, stage=stage)
     return model, tok
 

@@ -60,7 +60,7 @@ class JudgeConfig:
     weights and takes precedence over the option's ``hf_id``.
     """
 
-    name: str = "rule"
+    name: str = "rule"  # auto: rule on the toy world, refusal_string on benchmark files
     model: str | None = None
     model_path: str | None = None
     max_new_tokens: int = 32
@@ -346,6 +346,14 @@ def judge_model_config(judge_cfg: Any) -> Any:
     return cfg
 
 
+def resolve_judge_name(name: str, world: Any = None) -> str:
+    """``auto`` is the rule judge where there is a toy world to judge by, else the refusal-string judge
+    (a benchmark file evaluated offline; its ASR is then reported as the non-refusal rate)."""
+    if name != "auto":
+        return name
+    return "rule" if world is not None else "refusal_string"
+
+
 def build_judge(judge_cfg: Any, hardware_cfg: Any = None, world: Any = None, model: Any = None,
                 tokenizer: Any = None) -> Judge:
     """The judge named by ``judge_cfg.name`` (registry kind ``judge``).
@@ -355,7 +363,7 @@ def build_judge(judge_cfg: Any, hardware_cfg: Any = None, world: Any = None, mod
     """
     from runner.core import registry
 
-    cls = registry.get("judge", judge_cfg.name)
+    cls = registry.get("judge", resolve_judge_name(judge_cfg.name, world))
     if cls is RuleJudge:
         if world is None:
             from runner.safety.world import ToySafetyWorld

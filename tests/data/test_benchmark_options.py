@@ -90,3 +90,14 @@ def test_guard_eval_smoke_on_the_published_openai_sample(tmp_path):
                                         "run.smoke=true", "run.progress=false"], run_dir=tmp_path)
     assert results["data"]["moderation_openai"]["rows"] == 12 and results["data"]["moderation_openai"]["harmful"] == 7
     assert results["num_train"] + results["num_test"] == 12
+
+
+def test_the_short_command_line_runs_a_tiny_policy_judged_by_refusal_strings(tmp_path):
+    """`+recipe=safety_eval dataset=xstest dataset.path=FILE` needs nothing more: the `auto` judge is the refusal-string
+    judge on a benchmark file and the tiny policy is warm-started on the default toy world's corpus."""
+    results = run_recipe("safety_eval", ["dataset=xstest", f"dataset.path={FIX / 'xstest_prompts.csv'}",
+                                         "run.smoke=true", "run.progress=false"], run_dir=tmp_path)
+    assert results["judge"] == "refusal_string" and results["data"]["xstest"]["rows"] == 16
+    assert (tmp_path / "checkpoints").exists()  # the warm start ran
+    per = results["systems"]["base"]["per_dataset"]["xstest"]
+    assert per["asr"] is None and per["asr_nonrefusal"] == pytest.approx(1 - per["refusal_rate_harmful"])

@@ -122,6 +122,7 @@ def summarise(r: SimulationResult, target: float) -> dict[str, Any]:
         "updates_to_target": hit.client_updates if hit else None,
         "bytes_to_target": hit.bytes if hit else None,
         "reached_target": hit is not None,
+        "initial_accuracy": r.history[0].accuracy,
         "final_accuracy": r.history[-1].accuracy,
         "final_loss": r.history[-1].loss,
         "best_accuracy": max(p.accuracy for p in r.history),

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 import pytest
 
 from runner.core.cli import compose_recipe, run_recipe
@@ -33,17 +35,25 @@ def test_fedbuff_recipe_smoke(tmp_path):
     for name, a in r["algorithms"].items():
         assert all(k in a for k in FIELDS), name
         assert a["client_updates"] == 150 and a["global_model_finite"]
+        assert a["reached_target"] and a["best_accuracy"] > a["initial_accuracy"] + 0.2, name  # chance is 0.1
     assert r["target_accuracy"] == 0.4
-    assert r["algorithms"]["fedbuff"]["final_accuracy"] > 0.4
+    curves = json.loads((tmp_path / "curves.json").read_text())
+    for name, a in r["algorithms"].items():  # one evaluation per server step, plus the initial and final model
+        assert {p["server_steps"] for p in curves[name]} == set(range(a["server_steps"] + 1)), name
     assert (tmp_path / "accuracy_vs_time.png").exists() and (tmp_path / "accuracy_vs_bytes.png").exists()
 
 
 def test_papaya_recipe_smoke(tmp_path):
     r = run_recipe("papaya", ["run.smoke=true"], run_dir=tmp_path)
     assert set(r["by_concurrency"]) == {"5", "20"}
-    for level in r["by_concurrency"].values():
+    for c, level in r["by_concurrency"].items():
         assert all(k in level["sync"] for k in FIELDS) and all(k in level["async"] for k in FIELDS)
-        assert "speedup" in level and "communication_ratio" in level
+        assert level["async"]["buffer_size"] == max(1, round(int(c) / 10))  # Papaya's K = C/10
+        assert level["sync"]["reached_target"] and level["async"]["reached_target"], c
+        assert level["speedup"] == pytest.approx(level["sync"]["time_to_target"] / level["async"]["time_to_target"])
+        assert level["communication_ratio"] == pytest.approx(
+            level["sync"]["bytes_to_target"] / level["async"]["bytes_to_target"])
+    assert r["by_concurrency"]["20"]["speedup"] > 1  # async reaches the target first at the higher concurrency
     assert r["by_concurrency"]["20"]["async"]["realised_concurrency"] == pytest.approx(20.0)
 
 

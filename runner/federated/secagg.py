@@ -197,6 +197,7 @@ class SecAggClient:
         self._c_sk = X25519PrivateKey.from_private_bytes(rng.bytes(KEY_BYTES))
         self._s_sk = X25519PrivateKey.from_private_bytes(rng.bytes(KEY_BYTES))
         self._keys: dict[int, tuple[bytes, bytes]] = {}
+        self._channels: dict[int, AESGCM] = {}
         self._b = b""
         self._own: tuple[int, int] = (0, 0)
 
@@ -205,7 +206,11 @@ class SecAggClient:
         return public_bytes(self._c_sk), public_bytes(self._s_sk)
 
     def _channel(self, v: int) -> AESGCM:
-        return AESGCM(kdf(self._c_sk.exchange(X25519PublicKey.from_public_bytes(self._keys[v][0])), b"channel"))
+        """The authenticated channel to v (agreed once, kept for the unmasking round)."""
+        if v not in self._channels:
+            shared = self._c_sk.exchange(X25519PublicKey.from_public_bytes(self._keys[v][0]))
+            self._channels[v] = AESGCM(kdf(shared, b"channel"))
+        return self._channels[v]
 
     def share_keys(self, keys: Mapping[int, tuple[bytes, bytes]], threshold: int) -> dict[int, bytes]:
         """Round 1: Shamir shares of (s_sk, b) for each neighbour in ``keys``, sealed for that neighbour."""

@@ -4,8 +4,8 @@ Algorithm (FreD's statistics step):
 1. Each client keeps at most ``max_samples`` of its samples (a seeded random subset) and clips every
    embedding to L2 norm ``C`` (per-sample clipping).
 2. It forms its local count ``n_i``, sum ``s_i = Σ x`` and second moment ``S_i = Σ x xᵀ``.
-3. The three are summed across clients through secure aggregation (:func:`masked_sum`): the server
-   only ever sees the aggregate.
+3. The three are summed across clients through secure aggregation (:func:`masked_sum`, the SecAgg
+   protocol of :mod:`runner.federated.secagg`): the server only ever sees the aggregate.
 4. The server adds Gaussian noise to each aggregate. Adding or removing one client changes them by at
    most ``m`` (count), ``m·C`` (sum, L2) and ``m·C²`` (second moment, Frobenius), ``m = max_samples``,
    so noise std = σ_release × sensitivity gives a Gaussian mechanism of noise multiplier σ_release.
@@ -64,35 +64,25 @@ def client_contribution(x: np.ndarray, clip_norm: float, max_samples: int,
 
 
 # --------------------------------------------------------------------------- secure aggregation
-def masked_sum(messages: Sequence[np.ndarray], seed: int, frac_bits: int = 24, neighbours: int = 8) -> np.ndarray:
-    """Sum of the clients' vectors as secure aggregation computes it (pairwise additive masking).
+def masked_sum(messages: Sequence[np.ndarray], seed: int, frac_bits: int = 24, neighbours: int = 8,
+               bound: float | None = None) -> np.ndarray:
+    """Sum of the clients' vectors through secure aggregation (:mod:`runner.federated.secagg`).
 
-    Each message is encoded in fixed point (``frac_bits``) in the ring Z_{2^64}; client i shares a mask
-    seed with each of its next ``neighbours`` clients on a ring (a sparse SecAgg+-style graph), adds the
-    masks it shares with higher neighbours and subtracts those with lower ones. Every masked message is
-    uniform on its own; the masks cancel exactly in the sum, which is then decoded. Dropouts are not
-    simulated (all clients report).
+    Messages are encoded in fixed point (``frac_bits``) in Z_{2^64}; each client pairs masks with
+    ``neighbours`` others on a ring (SecAgg+; the complete graph when there are fewer clients) and
+    Shamir-shares its keys among them with a majority threshold. ``bound`` is the public bound on every
+    coordinate (default: the largest one present). All clients report.
     """
-    from runner.core.seeding import derive_seed
+    from runner.federated.secagg import FixedPoint, secure_sum
 
     n = len(messages)
-    scale = float(2**frac_bits)
-    enc = [np.round(np.asarray(m, dtype=np.float64) * scale).astype(np.int64).view(np.uint64) for m in messages]
-    total = np.zeros_like(enc[0])
-    k = min(neighbours, n - 1)
-    masked = [e.copy() for e in enc]
-    with np.errstate(over="ignore"):
-        for i in range(n):
-            for step in range(1, k + 1):
-                j = (i + step) % n  # on small rings a pair can come up twice: same seed, still cancels
-                a, b = min(i, j), max(i, j)
-                mask = np.random.default_rng(derive_seed(seed, "secagg", a, b)).integers(
-                    0, 2**64, size=enc[0].shape, dtype=np.uint64, endpoint=False)
-                masked[a] += mask
-                masked[b] -= mask
-        for m in masked:
-            total += m
-    return total.view(np.int64).astype(np.float64) / scale
+    if bound is None:
+        bound = max(float(np.abs(np.asarray(m)).max(initial=0.0)) for m in messages) or 1.0
+    k = neighbours + neighbours % 2  # the ring pairs neighbours/2 clients on each side
+    graph = None if k >= n - 1 else k
+    holders = (n if graph is None else k + 1)
+    total, _ = secure_sum(messages, FixedPoint(bound, n, frac_bits), holders // 2 + 1, seed, neighbours=graph)
+    return total
 
 
 def aggregate(clients: Sequence[np.ndarray], clip_norm: float, max_samples: int, seed: int,
@@ -107,7 +97,8 @@ def aggregate(clients: Sequence[np.ndarray], clip_norm: float, max_samples: int,
         raise ValueError(f"max_samples={max_samples} must be >= 1")
     msgs = [client_contribution(np.asarray(x), clip_norm, max_samples,
                                 np.random.default_rng(derive_seed(seed, "cap", i))) for i, x in enumerate(clients)]
-    total = masked_sum(msgs, seed) if secure else np.sum(msgs, axis=0)
+    bound = max(sensitivities(clip_norm, max_samples).values())  # count m, |Σx_j| ≤ mC, |(Σxxᵀ)_jk| ≤ mC²
+    total = masked_sum(msgs, seed, bound=bound) if secure else np.sum(msgs, axis=0)
     d = np.asarray(clients[0]).shape[1]
     return ClientStats(count=float(total[0]), sum=total[1:1 + d], second_moment=total[1 + d:].reshape(d, d))
 

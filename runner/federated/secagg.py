@@ -333,6 +333,16 @@ class SecAggServer:
 
 
 # --------------------------------------------------------------------------- one round, as the simulator drives it
+def expected_bytes_per_client(clients: int, dim: int, codec: FixedPoint, neighbours: int | None = None) -> int:
+    """Bytes one client sends and receives in a round without dropouts: the cost model a simulator can
+    charge without running the cryptography (:class:`SecureAggregation` counts the same messages)."""
+    g = clients - 1 if neighbours is None or neighbours >= clients - 1 else neighbours
+    keys, sealed = ID_BYTES + 2 * KEY_BYTES, ID_BYTES + SEALED_BYTES
+    up = keys + g * sealed + codec.nbytes(dim) + (g + 1) * (ID_BYTES + 1 + SHARE_BYTES)
+    down = g * keys + g * sealed + g * ID_BYTES
+    return up + down
+
+
 @dataclass
 class SecAggStats:
     """Communication of one SecAgg run: bytes each client sent/received, rounds run, dropouts recovered."""

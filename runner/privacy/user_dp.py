@@ -110,6 +110,16 @@ class PrivacyBudget:
               accountant: str = "rdp") -> PrivacyBudget:
         return cls(epsilon, delta, noise_multiplier, sampling.sample_rate, accountant)
 
+    def preflight(self, planned_steps: int) -> None:
+        """Refuse a plan whose ``planned_steps`` would overrun ε (a ConfigError: one line, exit 2)."""
+        from runner.core.errors import ConfigError
+
+        if planned_steps > self.max_steps:
+            raise ConfigError(f"privacy: noise multiplier {self.noise_multiplier:.4g} at sampling rate "
+                              f"{self.sample_rate:.4g} spends ε={self.spent(planned_steps):.4g} > {self.epsilon} "
+                              f"over {planned_steps} steps (δ={self.delta}, {self.accountant}); at most "
+                              f"{self.max_steps} steps fit")
+
     def spent(self, steps: int | None = None) -> float:
         """ε spent after ``steps`` (default: the steps taken); 0 before the first."""
         n = self.steps if steps is None else steps

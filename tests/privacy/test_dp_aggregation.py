@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from scipy.stats import chi2, norm
 
+from runner.core.errors import ConfigError
 from runner.federated.secagg import FixedPoint, secure_sum
 from runner.federated.trusted_buffer import TrustedBufferAggregator
 from runner.privacy.accounting import GaussianRelease, epsilon_spent
@@ -115,6 +116,9 @@ def test_budget_stops_exactly_before_epsilon_would_be_exceeded():
     assert not budget.can_step()
     with pytest.raises(BudgetExhausted, match="would spend"):
         budget.step()
+    budget.preflight(t)
+    with pytest.raises(ConfigError, match=rf"at most {t} steps fit"):
+        budget.preflight(t + 1)
     res = budget.as_results(clip_norm=0.3)
     assert res["epsilon"] == pytest.approx(ref[0]) and res["steps"] == t and res["noise_multiplier"] == 1.0
     # a calibrated budget fits its planned steps, and not many more

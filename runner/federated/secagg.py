@@ -459,9 +459,7 @@ def secure_sum(updates: Sequence[np.ndarray], codec: FixedPoint, threshold: int,
     agg = SecureAggregation(list(range(len(updates))), int(np.asarray(updates[0]).size), codec, threshold, seed,
                             neighbours, [u for u, s in dropouts.items() if s == "share_keys"])
     for u, x in enumerate(updates):
-        if u not in dropouts:
-            agg.add(u, x)
-        elif dropouts[u] == "unmasking":
+        if dropouts.get(u) in (None, "unmasking"):
             agg.add(u, x)
     total = agg.release([u for u, s in dropouts.items() if s == "unmasking"])
     return total, agg.stats

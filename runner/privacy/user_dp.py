@@ -12,13 +12,13 @@ geometric step C ← C · exp(−η (b̄ − γ)) toward the γ-quantile of the 
 one budget: for an overall multiplier z the update noise is z_Δ = (z⁻² − (2σ_b)⁻²)^(−1/2) (the centred
 count b − ½ has sensitivity ½; Andrew et al., Theorem 1), so accounting uses z.
 
-DP-FedBuff (Nguyen et al. 2022, FedBuff, DP experiments): each update is clipped to S and scaled by its
-staleness weight s(τ) ≤ 1 (sensitivity stays ≤ S), the buffer sums K of them, and N(0, (zS)² I) is added
-once per buffer before the server step, which divides by K. Accounting assumptions (stated, not proved for
-the asynchronous process): every server step is a subsampled Gaussian mechanism with sampling rate
-q = K / N, as if the buffer were a Poisson sample of the N clients, T = number of server steps, and a client
-contributes at most one update per buffer (uniform, not example-count, weights). The same DP-FedAvg
-accounting is then applied per buffer.
+DP-FedBuff (Nguyen et al. 2022): each update is clipped to S and scaled by its staleness weight
+s(τ) ≤ 1 (the sensitivity stays ≤ S), the buffer sums K of them, and N(0, (zS)² I) is added once per buffer
+before the server step, which divides by K: DP-FedAvg with the buffer in place of the round. Accounting
+assumptions (ours; the asynchronous arrival process itself is not analysed): every server step is a
+subsampled Gaussian mechanism with sampling rate q = K / N, as if the buffer were a Poisson sample of the
+N clients; T = the number of server steps; a client contributes at most one update to a buffer; weights are
+uniform (example-count weighting would change the sensitivity).
 
 Accounting goes through :mod:`runner.privacy.accounting` (Opacus RDP/PRV, exact GDP for q = 1).
 """

@@ -8,7 +8,8 @@ environment (TEE) that releases only the sum of a full buffer:
 2. A client encodes its clipped update in fixed point (:class:`~runner.federated.secagg.FixedPoint`),
    makes an ephemeral X25519 key, derives an AES-GCM key from the exchange with the enclave's key and
    uploads (ephemeral public key, nonce, ciphertext). The untrusted host only stores and forwards these.
-3. The enclave decrypts each upload, adds it to the buffer sum in Z_{2^k} and discards it.
+3. The enclave decrypts each upload, scales it by the staleness weight s(τ) ∈ [0, 1] the host reports (the
+   server, not the client, knows τ), adds it to the buffer sum in Z_{2^k} and discards it.
 4. After K uploads the enclave releases their decoded sum and starts an empty buffer; asking for the sum of
    a partial buffer is refused.
 The extra cost per client is the enclave key download and the envelope (key, nonce, tag) on the upload;
@@ -52,13 +53,15 @@ class _Enclave:
         self._sum = np.zeros(dim, dtype=np.uint64)
         self.count = 0
 
-    def ingest(self, envelope: bytes) -> None:
+    def ingest(self, envelope: bytes, weight: float = 1.0) -> None:
         head = KEY_BYTES + NONCE_BYTES
         eph, nonce, ct = envelope[:KEY_BYTES], envelope[KEY_BYTES:head], envelope[head:]
         key = kdf(self._sk.exchange(X25519PublicKey.from_public_bytes(eph)), b"enclave")
         x = np.frombuffer(AESGCM(key).decrypt(nonce, ct, None), dtype="<u8").astype(np.uint64)
         if x.shape[0] != self._dim:
             raise ValueError(f"update of {x.shape[0]} coordinates, the buffer holds {self._dim}")
+        if weight != 1.0:  # s(τ) ≤ 1 keeps every coordinate within the encoding bound
+            x = self._codec.encode(weight * self._codec.decode(x))
         self._sum = self._codec.reduce(self._sum + x)
         self.count += 1
 
@@ -103,17 +106,19 @@ class TrustedBufferAggregator:
     def ready(self) -> bool:
         return self._enclave.count >= self.buffer_size
 
-    def add_sealed(self, envelope: bytes) -> None:
-        """Host side: forward one client's envelope into the enclave."""
+    def add_sealed(self, envelope: bytes, weight: float = 1.0) -> None:
+        """Host side: forward one client's envelope (and its staleness weight) into the enclave."""
+        if not 0.0 <= weight <= 1.0:
+            raise ValueError(f"staleness weight {weight} must be in [0, 1]")
         if self.ready:
             raise SecAggError(f"the buffer already holds {self.buffer_size} updates: release it first")
-        self._enclave.ingest(envelope)
+        self._enclave.ingest(envelope, weight)
         self._uploads += 1
         self.stats.charge(self._uploads, up=len(envelope), down=KEY_BYTES)
 
-    def add(self, update: np.ndarray) -> None:
-        """One client's upload: sealed on the client for the enclave, then ingested."""
-        self.add_sealed(seal(update, self.public_key, self.codec, self._client_rng))
+    def add(self, update: np.ndarray, weight: float = 1.0) -> None:
+        """One client's upload: sealed on the client for the enclave, then ingested with weight s(τ)."""
+        self.add_sealed(seal(update, self.public_key, self.codec, self._client_rng), weight)
 
     def release(self) -> np.ndarray:
         """The decoded sum of a full buffer of K updates; the buffer starts empty again."""

@@ -13,6 +13,8 @@
 
 from __future__ import annotations
 
+import itertools
+import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -20,6 +22,7 @@ from omegaconf import DictConfig
 
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
+from runner.data.safety import SafetyRecord
 from runner.safety.common import (
     EvalConfig,
     WarmStartConfig,
@@ -48,6 +51,8 @@ class GRPOSettings:
     max_completion_length: int = 40
     loss_type: str = "grpo"  # TRL loss_type: grpo | dapo | dr_grpo | bnpo
     scale_rewards: str = "group"  # TRL: group | batch | none
+    mask_truncated_completions: bool = True  # DAPO: a completion cut off at max_completion_length is not trained on
+    harmful_fraction: float | None = 0.5  # share of harmful prompts in the training set (null: the data's own mix)
     warmup_steps: int = 0
     logging_steps: int = 5
     checkpoint_every: int = 50
@@ -72,8 +77,14 @@ class SafetyRLConfig:
                 raise ConfigError(f"algorithm.grpo.{key}={g[key]} must be >= 1")
         if g.num_generations < 2:
             raise ConfigError(f"algorithm.grpo.num_generations={g.num_generations} must be >= 2 (a GRPO group)")
+        if g.checkpoint_every % g.logging_steps:
+            # TRL averages metrics over a logging window; a resume mid-window would log a shorter average
+            raise ConfigError(f"algorithm.grpo.checkpoint_every={g.checkpoint_every} must be a multiple of "
+                              f"algorithm.grpo.logging_steps={g.logging_steps} (exact resume)")
         if g.learning_rate <= 0:
             raise ConfigError(f"algorithm.grpo.learning_rate={g.learning_rate} must be > 0")
+        if g.harmful_fraction is not None and not 0.0 < g.harmful_fraction < 1.0:
+            raise ConfigError(f"algorithm.grpo.harmful_fraction={g.harmful_fraction} must be in (0, 1) or null")
         if g.loss_type not in ("grpo", "dapo", "dr_grpo", "bnpo"):
             raise ConfigError(f"algorithm.grpo.loss_type={g.loss_type} (allowed: grpo, dapo, dr_grpo, bnpo)")
         if g.scale_rewards not in ("group", "batch", "none"):
@@ -93,6 +104,25 @@ def judge_reward_fn(judge: Any):
     return safety_reward
 
 
+def balance_prompts(records: list[SafetyRecord], harmful_fraction: float | None, seed: int) -> list[SafetyRecord]:
+    """The training prompts with harmful ones making up ``harmful_fraction``: the benign prompts once each and
+    harmful ones drawn cyclically from a seeded shuffle (repeated if there are too few). ``None`` or a set
+    without both kinds: unchanged.
+
+    With unbalanced prompts, a policy that cannot yet tell the kinds apart gains reward by answering every
+    prompt the majority's way, and GRPO's group-normalised updates push it there before it learns the
+    distinction; equal shares leave only the distinction to learn.
+    """
+    harmful = [r for r in records if r.harmful]
+    benign = [r for r in records if not r.harmful]
+    if harmful_fraction is None or not harmful or not benign:
+        return list(records)
+    order = list(harmful)
+    random.Random(seed).shuffle(order)
+    n = max(1, round(len(benign) * harmful_fraction / (1.0 - harmful_fraction)))
+    return benign + list(itertools.islice(itertools.cycle(order), n))
+
+
 def grpo_args(cfg: DictConfig, ctx: RunContext) -> Any:
     """TRL ``GRPOConfig`` from ``algorithm.grpo`` and the hardware: CPU fp32, or GPU bf16 with vLLM."""
     from trl import GRPOConfig
@@ -109,8 +139,10 @@ def grpo_args(cfg: DictConfig, ctx: RunContext) -> Any:
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
         learning_rate=g.learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=g.warmup_steps,
         beta=g.beta, epsilon=g.epsilon, temperature=g.temperature, loss_type=g.loss_type,
-        scale_rewards=g.scale_rewards, logging_steps=g.logging_steps, save_strategy="steps",
-        save_steps=g.checkpoint_every, save_total_limit=1, seed=ctx.seed, data_seed=ctx.seed,
+        scale_rewards=g.scale_rewards, mask_truncated_completions=g.mask_truncated_completions,
+        logging_steps=g.logging_steps, save_strategy="steps", save_steps=g.checkpoint_every,
+        save_total_limit=2,  # the newest complete checkpoint survives a kill during the next save
+        seed=ctx.seed, data_seed=ctx.seed,
         disable_tqdm=not cfg.run.progress, dataloader_num_workers=0, **kw,
     )
 
@@ -121,34 +153,32 @@ def _log_callback(ctx: RunContext):
     class ToRunLog(TrainerCallback):
         def on_log(self, args, state, control, logs=None, **kwargs):
             nums = {k: float(v) for k, v in (logs or {}).items() if isinstance(v, (int, float))}
-            if nums:
+            if nums and "train_runtime" not in nums:  # the end-of-training summary: timings and a mean loss
                 ctx.log(nums, state.global_step, "grpo")
 
     return ToRunLog()
 
 
 def train_grpo(cfg: DictConfig, ctx: RunContext, model: Any, tok: Any, train_records: list, judge: Any) -> Any:
-    """Run TRL's GRPOTrainer on the training prompts; resumes from its last checkpoint in the run dir."""
+    """Run TRL's GRPOTrainer on the training prompts; a rerun in the same run dir resumes exactly from its last
+    complete checkpoint (:mod:`runner.safety.trl_grpo`)."""
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
-    from trl import GRPOTrainer
 
-    rows = [{"prompt": chat_messages(r.prompt, cfg.algorithm.system_prompt), "harmful": r.harmful}
-            for r in train_records]
-    trainer = GRPOTrainer(model=model, reward_funcs=judge_reward_fn(judge), args=grpo_args(cfg, ctx),
-                          train_dataset=Dataset.from_list(rows), processing_class=tok,
-                          callbacks=[_log_callback(ctx)])
+    from runner.safety.trl_grpo import RunDirGRPOTrainer, resume_point
+
+    prompts = balance_prompts(train_records, cfg.algorithm.grpo.harmful_fraction, ctx.seed)
+    rows = [{"prompt": chat_messages(r.prompt, cfg.algorithm.system_prompt), "harmful": r.harmful} for r in prompts]
+    args = grpo_args(cfg, ctx)
+    resume, step = resume_point(args.output_dir, ctx.metrics_path)
+    if resume is not None and step >= args.max_steps:  # finished before the run was stopped: its final weights
+        return type(model).from_pretrained(resume, dtype=model.dtype).to(model.device)
+    trainer = RunDirGRPOTrainer(model=model, reward_funcs=judge_reward_fn(judge), args=args,
+                                train_dataset=Dataset.from_list(rows), processing_class=tok,
+                                callbacks=[_log_callback(ctx)], metrics_path=ctx.metrics_path)
     trainer.remove_callback(PrinterCallback)  # metrics go to the run's loggers instead of stdout
-    resume = _last_checkpoint(ctx)
     trainer.train(resume_from_checkpoint=resume)
     return trainer.model
-
-
-def _last_checkpoint(ctx: RunContext) -> str | None:
-    from transformers.trainer_utils import get_last_checkpoint
-
-    d = ctx.dir / "grpo"
-    return get_last_checkpoint(str(d)) if d.exists() else None
 
 
 def evaluate_policy(cfg: DictConfig, ctx: RunContext, engine: Any, eval_sets: dict, judge: Any, tag: str) -> dict:

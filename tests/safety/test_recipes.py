@@ -42,12 +42,25 @@ def test_bad_configs_fail_with_one_line(overrides, match):
 
 
 def test_safety_rl_smoke(tmp_path):
+    from runner.safety.common import toy_world
+    from runner.safety.judges import classify_toy_response
+
     r = run_recipe("safety_rl", FAST, run_dir=tmp_path)
+    cfg = compose_recipe("safety_rl", FAST)
+    test_prompts = {rec.prompt: rec for rec in toy_world(cfg.dataset).records("test")}
     for stage in ("base", "trained"):
-        assert 0.0 <= r[stage]["asr"] <= 1.0 and 0.0 <= r[stage]["orr"] <= 1.0
+        rows = [json.loads(line) for line in (tmp_path / f"responses_{stage}.jsonl").read_text().splitlines()]
+        assert {row["prompt"] for row in rows} == set(test_prompts)  # every held-out prompt, n_samples=1 each
+        assert len(rows) == len(test_prompts)
+        # ASR and ORR recomputed from the responses with the toy world's ground truth
+        harmful = [row for row in rows if test_prompts[row["prompt"]].harmful]
+        benign = [row for row in rows if not test_prompts[row["prompt"]].harmful]
+        asr = sum(classify_toy_response(row["response"]) == "comply" for row in harmful) / len(harmful)
+        orr = sum(classify_toy_response(row["response"]) != "comply" for row in benign) / len(benign)
+        assert r[stage]["asr"] == pytest.approx(asr) and r[stage]["orr"] == pytest.approx(orr)
+    rewards = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [x["step"] for x in rewards if x.get("stage") == "grpo" and "reward" in x] == [1, 2]
     assert r["grpo"]["steps"] == 2
-    rows = [json.loads(line) for line in (tmp_path / "responses_trained.jsonl").read_text().splitlines()]
-    assert rows and {"prompt", "response", "unsafe", "refusal", "valid"} <= set(rows[0])
     assert (tmp_path / "pareto.png").exists() and (tmp_path / "results.json").exists()
 
 

@@ -8,6 +8,7 @@ import pytest
 
 from runner.core.cli import compose_recipe, run_recipe
 from runner.core.errors import ConfigError
+from runner.core.report import comparable_results
 
 FIELDS = ("time_to_target", "updates_to_target", "bytes_to_target", "final_accuracy")
 
@@ -41,6 +42,15 @@ def test_fedbuff_recipe_smoke(tmp_path):
     for name, a in r["algorithms"].items():  # one evaluation per server step, plus the initial and final model
         assert {p["server_steps"] for p in curves[name]} == set(range(a["server_steps"] + 1)), name
     assert (tmp_path / "accuracy_vs_time.png").exists() and (tmp_path / "accuracy_vs_bytes.png").exists()
+
+
+def test_same_seed_same_results_other_seed_other_results(tmp_path):
+    """Determinism: one seed and one thread give the same results.json (but for timing keys) and curves."""
+    runs = [run_recipe("papaya", ["run.smoke=true", f"seed={s}"], run_dir=tmp_path / f"{i}")
+            for i, s in enumerate((3, 3, 4))]
+    assert comparable_results(runs[0]) == comparable_results(runs[1])
+    assert (tmp_path / "0" / "curves.json").read_text() == (tmp_path / "1" / "curves.json").read_text()
+    assert comparable_results(runs[0]) != comparable_results(runs[2])
 
 
 def test_papaya_recipe_smoke(tmp_path):

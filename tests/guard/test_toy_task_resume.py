@@ -1,0 +1,82 @@
+"""llamaguard_1b_int4 on a reduced run: two runs of one seed give identical results, and a run killed with
+SIGKILL in the middle of a training stage and resumed in its run dir ends with the uninterrupted results."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from runner.core.cli import run_recipe
+from runner.core.report import comparable_results
+from tests.conftest import ROOT
+
+REDUCED = ["run.smoke=true", "run.progress=false", "algorithm.source_steps=24", "algorithm.distill_steps=12",
+           "algorithm.qat_steps=12", "algorithm.checkpoint_every=4"]
+
+
+def _stage_steps(path: Path, stage: str) -> list[int]:
+    """Steps of ``stage`` logged so far by a running process (a half-written last line is skipped)."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r.get("stage") == stage:
+            out.append(r["step"])
+    return out
+
+
+def _training_records(path: Path) -> list[dict]:
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("stage") in ("source", "distill", "qat")]
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory) -> Path:
+    d = tmp_path_factory.mktemp("uninterrupted")
+    run_recipe("llamaguard_1b_int4", REDUCED, run_dir=d)
+    return d
+
+
+def test_same_seed_gives_identical_results(uninterrupted, tmp_path):
+    run_recipe("llamaguard_1b_int4", REDUCED, run_dir=tmp_path)
+    a, b = (json.loads((d / "results.json").read_text()) for d in (uninterrupted, tmp_path))
+    assert comparable_results(a) == comparable_results(b)
+    assert "stages.int4_output_pruned.f1" in comparable_results(a)
+    assert "stages.int4.ttft_s" not in comparable_results(a)
+
+
+@pytest.mark.parametrize("stage,kill_after,row", [("source", 10, "source"), ("distill", 6, "distilled"),
+                                                  ("qat", 6, "int4")])
+def test_sigkilled_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_path, stage, kill_after, row):
+    proc = subprocess.Popen([sys.executable, "-m", "runner", "+recipe=llamaguard_1b_int4", f"run.dir={tmp_path}",
+                             *REDUCED], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:  # kill it after step `kill_after` of the stage is logged: its newest checkpoint is an earlier step
+        deadline = time.time() + 120
+        while not any(s >= kill_after for s in _stage_steps(tmp_path / "metrics.jsonl", stage)):
+            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
+            assert time.time() < deadline, f"{stage} did not reach step {kill_after}"
+            time.sleep(0.01)
+        proc.send_signal(signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    assert not (tmp_path / "results.json").exists()
+    assert not (tmp_path / "checkpoints" / row / "done.json").exists()  # killed inside the stage
+
+    resumed = run_recipe("llamaguard_1b_int4", REDUCED, run_dir=tmp_path)
+    assert resumed["run"]["resumed"] is True
+    base = json.loads((uninterrupted / "results.json").read_text())
+    assert comparable_results(resumed) == comparable_results(base)  # every stage's F1, AUPRC, bytes, baselines
+    # the training losses after the resume are the uninterrupted ones, each step logged once
+    assert _training_records(tmp_path / "metrics.jsonl") == _training_records(uninterrupted / "metrics.jsonl")

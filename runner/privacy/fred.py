@@ -50,7 +50,7 @@ class FredValidationConfig:
     local_steps: int = 4
     client_lr: float = 1e-3
     server_lr: float = 1.0
-    eval_batches: int = 8
+    eval_batches: int | None = None  # test batches scored; null: every window of every held-out private client
 
 
 @dataclass
@@ -102,7 +102,7 @@ class FredConfig:
         v = a.validation
         for key in ("prefinetune_steps", "batch_size", "seq_len", "rounds", "clients_per_round", "local_steps",
                     "eval_batches"):
-            if v[key] < 1:
+            if v[key] is not None and v[key] < 1:
                 raise ConfigError(f"algorithm.validation.{key}={v[key]} must be >= 1")
         if v.warmup_steps >= v.prefinetune_steps:
             raise ConfigError(f"algorithm.validation.warmup_steps={v.warmup_steps} must be < "
@@ -223,14 +223,17 @@ def validate_candidate(name: str, texts: Sequence[str], client_texts: Sequence[S
     torch.manual_seed(derive_seed(ctx.seed, "validation", "init") % 2**63)  # same initial weights per candidate
     model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
     test = token_stream(list(test_texts), tok)
+    # a prefix of the test stream holds only the first few clients, whose own mixtures can be far from the
+    # private one: by default score all of it
+    eval_batches = v.eval_batches or math.ceil(max(1, (test.numel() - 1) // v.seq_len) / v.batch_size)
     train_cfg = LMTrainConfig(steps=v.prefinetune_steps, batch_size=v.batch_size, seq_len=v.seq_len, lr=v.lr,
                               warmup_steps=v.warmup_steps, eval_every=v.prefinetune_steps,
                               checkpoint_every=v.prefinetune_steps)
     finetune(model, token_stream(list(texts), tok), train_cfg, ctx, stage=f"prefinetune_{name}")
-    pre = evaluate_loss(model, test, v.seq_len, v.batch_size, v.eval_batches)
+    pre = evaluate_loss(model, test, v.seq_len, v.batch_size, eval_batches)
     streams = [token_stream(list(t), tok) for t in client_texts]
     fedavg_finetune(model, streams, v, derive_seed(ctx.seed, "fedavg", name))
-    post = evaluate_loss(model, test, v.seq_len, v.batch_size, v.eval_batches)
+    post = evaluate_loss(model, test, v.seq_len, v.batch_size, eval_batches)
     return {"perplexity_after_prefinetune": math.exp(pre), "perplexity": math.exp(post)}
 
 

@@ -1,6 +1,7 @@
 """The latent-effect logit as a cvxpy conic program, with λ1, λ2 as DPP parameters.
 
     minimise  (1/N) Σ_n ℓ(y_n, V_n) + λ1 ‖w∘β‖₁ + λ2 · ½ (Σ_i L_i Z⁻¹ L_iᵀ + tr Z)   over β, L, Z ⪰ 0
+    (β_k = 0 where w_k = ∞: the adaptive lasso's zeros)
 
 The nuclear norm uses ‖L‖_* = min_{Z⪰0} ½(Σ_i L_i Z⁻¹ L_iᵀ + tr Z) (minimiser Z = (LᵀL)^{1/2}): one
 ``cp.matrix_frac`` per individual gives n_ind PSD blocks of size p+1, instead of the single
@@ -20,7 +21,7 @@ import numpy as np
 import scipy.sparse as sp
 
 from runner.choice.data import ChoiceData
-from runner.choice.model import Fit, LatentLogitProblem, finish_fit
+from runner.choice.model import Fit, LatentLogitProblem, check_weights, finish_fit
 
 
 def nuclear_norm_matrix_frac(L: cp.Expression, Z: cp.Variable) -> cp.Expression:
@@ -40,7 +41,8 @@ class CvxpyLatentLogit:
     """The compiled-once conic program for one data set; :meth:`solve` at any (λ1, λ2)."""
 
     def __init__(self, data: ChoiceData, solver: str = "CLARABEL", nuclear: str = "matrix_frac",
-                 center: bool = True, solver_options: dict[str, Any] | None = None):
+                 center: bool = True, solver_options: dict[str, Any] | None = None,
+                 weights: np.ndarray | None = None):
         self.data, self.solver, self.solver_options = data, solver, dict(solver_options or {})
         N, J, p = data.X.shape
         n = data.n_ind
@@ -74,11 +76,15 @@ class CvxpyLatentLogit:
             self.Z, nuc = None, cp.normNuc(self.L)
         else:
             raise ValueError(f"nuclear={nuclear!r} must be 'matrix_frac' or 'normNuc'")
-        penalty = self.lam1 * cp.norm1(cp.multiply(data.penalized.astype(float), self.beta)) + self.lam2 * nuc
+        w = check_weights(data, weights)
+        fixed = np.flatnonzero(np.isinf(w))
+        penalty = self.lam1 * cp.norm1(cp.multiply(np.where(np.isinf(w), 0.0, w), self.beta)) + self.lam2 * nuc
         constraints = [cp.sum(self.L, axis=0) == 0] if center else []
+        if fixed.size:
+            constraints.append(self.beta[fixed] == 0)
         self.problem = cp.Problem(cp.Minimize(loss + penalty), constraints)
         assert self.problem.is_dpp(), "the latent-logit program must be DPP so a λ path reuses its compilation"
-        self._torch_problem = LatentLogitProblem(data, center=center)
+        self._torch_problem = LatentLogitProblem(data, center=center, weights=w)
 
     def solve(self, lam1: float, lam2: float) -> Fit:
         """Solve at (λ1, λ2); the objective, residual and rank are recomputed by the shared model code."""

@@ -30,7 +30,6 @@ from runner.choice.model import (
     LatentLogitProblem,
     finish_fit,
     singular_value_threshold,
-    soft_threshold,
     threads_for,
 )
 
@@ -53,7 +52,6 @@ def _fista(problem: LatentLogitProblem, lam1: float, lam2: float, beta0: np.ndar
     beta, L = beta.to(dt).clone(), L.to(dt).clone()
     counts = torch.bincount(problem.ind, minlength=problem.n_ind)
     rho = problem.N / float(counts.max())
-    wl1 = lam1 * problem.w
     yb, yL = beta.clone(), L.clone()
     t, s = 1.0, float(step)
     converged, res, iterations = False, math.inf, 0
@@ -61,7 +59,7 @@ def _fista(problem: LatentLogitProblem, lam1: float, lam2: float, beta0: np.ndar
         iterations += 1
         f_y, gb, gL = problem.loss_and_grad(yb, yL)
         while True:
-            nb = soft_threshold(yb - s * gb, s * wl1)
+            nb = problem.prox_beta(yb - s * gb, s * lam1)
             zL = yL - (s * rho) * gL
             if problem.center:  # prox of λ2‖L‖_* on the subspace Σ_i L_i = 0 (see LatentLogitProblem.prox)
                 zL = zL - zL.mean(dim=0, keepdim=True)

@@ -2,11 +2,16 @@
 
 1. Load a panel (synthetic with ground truth, or a local Swissmetro file); hold out a share of every
    individual's observations.
-2. λ grid from λ_max down; K-fold CV split within individuals selects (λ1, λ2) (``path.py``).
-3. Warm-started path on the training part (accelerated proximal gradient, ``fista.py``); the selected fit is
-   re-solved by cvxpy (``cvx.py``) and the two optimal objectives compared.
-4. Baselines: plain logit and panel mixed logit by simulated maximum likelihood (``baselines.py``).
-5. Report held-out log-likelihood and accuracy for each model, parameter recovery on synthetic data
+2. λ grid from λ_max down; K-fold CV split within individuals selects (λ1, λ2) (``path.py``), with a
+   warm-started path on the training part (accelerated proximal gradient, ``fista.py``).
+3. ``beta_penalty=adaptive_lasso`` (default): a second stage re-weights the ℓ1 penalty by
+   w_k = 1/|β̃_k|^γ, β̃ the CV-minimising first-stage fit (Zou, 2006; Bühlmann & van de Geer, 2011, §2.8),
+   and repeats step 2 with those weights. CV-tuned lasso is prediction-optimal and keeps small spurious
+   coefficients (a large λ1 would also shrink the true ones); the weights penalise small coefficients
+   heavily and large ones lightly, which makes the selection consistent. Same convex problem, both solvers.
+4. The selected fit is re-solved by cvxpy (``cvx.py``) and the two optimal objectives compared.
+5. Baselines: plain logit and panel mixed logit by simulated maximum likelihood (``baselines.py``).
+6. Report held-out log-likelihood and accuracy for each model, parameter recovery on synthetic data
    (support of β, rank and error of L), runtimes, and plots of the λ path and the singular values.
 """
 
@@ -22,8 +27,16 @@ from omegaconf import DictConfig
 from runner.choice.baselines import fit_mixed_logit, fit_plain_logit
 from runner.choice.data import ChoiceData, Truth, heldout_split, load_swissmetro, resolve_path, synthetic_panel
 from runner.choice.fista import fista
-from runner.choice.model import Fit, LatentLogitProblem, accuracy, predict_log_probs, ratio_rank
-from runner.choice.path import cross_validate, fit_path, lambda_grid
+from runner.choice.model import (
+    Fit,
+    LatentLogitProblem,
+    accuracy,
+    adaptive_weights,
+    predict_log_probs,
+    ratio_rank,
+    support_weights,
+)
+from runner.choice.path import PathSelection, select_path
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
 from runner.core.seeding import derive_seed
@@ -40,6 +53,9 @@ class LatentLogitConfig:
     lambda2_scales: list[float] = field(default_factory=lambda: [1.0, 3.0])  # the c's: one path each
     cv_folds: int = 3
     selection: str = "cv_1se"  # cv (minimum CV loss) | cv_1se (most parsimonious within one SE)
+    beta_penalty: str = "adaptive_lasso"  # lasso (one stage) | adaptive_lasso (re-weighted second stage)
+    adaptive_gamma: float = 1.0  # adaptive-lasso weights 1/|β̃_k|^γ
+    refit: bool = True  # final fit: λ1 = 0 on the selected support, β_k = 0 off it, same λ2 (relaxed lasso, φ=0)
     heldout_fraction: float = 0.2  # share of each individual's observations held out for evaluation
     tol: float = 1e-9  # FISTA gradient-mapping tolerance for the path and the selected fit
     cv_tol: float = 1e-6  # looser tolerance inside cross-validation
@@ -69,6 +85,10 @@ class LatentLogitConfig:
             raise ConfigError(f"algorithm.lambda2_scales={list(a.lambda2_scales)} must be non-empty, all > 0")
         if a.selection not in ("cv", "cv_1se"):
             raise ConfigError(f"algorithm.selection={a.selection} must be one of: cv, cv_1se")
+        if a.beta_penalty not in ("lasso", "adaptive_lasso"):
+            raise ConfigError(f"algorithm.beta_penalty={a.beta_penalty} must be one of: lasso, adaptive_lasso")
+        if a.adaptive_gamma <= 0:
+            raise ConfigError(f"algorithm.adaptive_gamma={a.adaptive_gamma} must be > 0")
         if not 0.0 < a.heldout_fraction < 0.5:
             raise ConfigError(f"algorithm.heldout_fraction={a.heldout_fraction} must be in (0, 0.5)")
         if a.tol <= 0 or a.cv_tol <= 0:
@@ -137,6 +157,13 @@ def _fit_summary(fit: Fit) -> dict[str, Any]:
             **{k: v for k, v in fit.info.items() if isinstance(v, (int, float, str, bool))}}
 
 
+def _select(train: ChoiceData, a: DictConfig, ctx: RunContext, device: str, desc: str,
+            weights: np.ndarray | None = None, lambda2: float | None = None) -> PathSelection:
+    return select_path(train, a.n_lambdas, a.lambda_min_ratio, list(a.lambda2_scales), a.cv_folds,
+                       derive_seed(ctx.seed, "cv"), a.selection == "cv_1se", device, a.center, weights, lambda2,
+                       lambda it: ctx.progress(it, desc=desc), cv_tol=a.cv_tol, tol=a.tol, max_iter=a.max_iter)
+
+
 # --------------------------------------------------------------------------- the recipe
 def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     """Fit the convex latent-effect logit with λ selection, the baselines, and report (see module docstring)."""
@@ -150,35 +177,54 @@ def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "n_features": data.p, "features": data.feature_names, "alternatives": data.alternatives}}
     models: dict[str, Any] = {}
 
-    # λ grid, cross-validation within individuals, warm-started path
+    # λ grid, cross-validation within individuals, warm-started path; adaptive lasso: a re-weighted second stage
     t0 = time.perf_counter()
-    n_path = a.n_lambdas
-    grid, beta_u = lambda_grid(train, n_path, a.lambda_min_ratio, list(a.lambda2_scales), a.center)
-    cv = cross_validate(train, grid, n_path, a.cv_folds, derive_seed(ctx.seed, "cv"), a.selection == "cv_1se",
-                        device, a.center, lambda it: ctx.progress(it, desc="cv folds"),
-                        tol=a.cv_tol, max_iter=a.max_iter)
-    fits = fit_path(train, grid, n_path, beta_u, device=device, center=a.center, tol=a.tol, max_iter=a.max_iter)
+    lasso = path = _select(train, a, ctx, device, "cv")
+    weights = None
+    if a.beta_penalty == "adaptive_lasso":
+        initial = lasso.best  # the prediction-optimal (CV-minimising) lasso: the initial estimator β̃
+        weights = adaptive_weights(initial.beta, train.penalized, a.adaptive_gamma)
+        results["initial_lasso"] = {"lambda1": initial.lam1, "lambda2": initial.lam2,
+                                    "cv_nll": float(lasso.cv.mean[lasso.cv.best]),
+                                    "beta": dict(zip(data.feature_names, initial.beta.tolist())),
+                                    "support": [data.feature_names[k] for k in initial.support(a.support_tol)]}
+        if truth is not None:
+            results["initial_lasso"]["recovery"] = _recovery(initial, truth, train.penalized, a.support_tol,
+                                                             a.rank_ratio_floor)
+        # λ2 (the nuclear norm is not re-weighted) stays at the first stage's selection; λ1 gets its own path
+        path = _select(train, a, ctx, device, "adaptive cv", weights, lasso.selected.lam2)
+    grid, cv, fits, beta_u = path.grid, path.cv, path.fits, path.beta_start
     selection_seconds = time.perf_counter() - t0
-    for k, (f, (l1, l2)) in enumerate(zip(fits, grid)):
-        ctx.log({"lambda1": l1, "lambda2": l2, "cv_nll": cv.mean[k], "cv_se": cv.se[k], "objective": f.objective,
-                 "rank": f.rank, "support_size": int(f.support(a.support_tol).size), "iterations": f.iterations,
-                 "seconds": f.seconds}, step=k, stage="path")
+    for stage, sp in (("path", lasso), ("adaptive_path", path if path is not lasso else None)):
+        for k, (f, (l1, l2)) in enumerate(zip(sp.fits, sp.grid) if sp is not None else ()):
+            ctx.log({"lambda1": l1, "lambda2": l2, "cv_nll": sp.cv.mean[k], "cv_se": sp.cv.se[k],
+                     "objective": f.objective, "rank": f.rank, "support_size": int(f.support(a.support_tol).size),
+                     "iterations": f.iterations, "seconds": f.seconds}, step=k, stage=stage)
     sel = fits[cv.selected]
-    results["selection"] = {"index": cv.selected, "best_index": cv.best, "rule": a.selection, "lambda1": sel.lam1,
+    results["selection"] = {"index": cv.selected, "best_index": cv.best, "rule": a.selection,
+                            "beta_penalty": a.beta_penalty, "lambda1": sel.lam1,
                             "lambda2": sel.lam2, "cv_nll": float(cv.mean[cv.selected]),
                             "cv_nll_best": float(cv.mean[cv.best]), "grid_size": len(grid),
                             "seconds": selection_seconds}
+    if weights is not None:
+        results["selection"]["adaptive_weights"] = dict(zip(data.feature_names,
+                                                            [float(w) if np.isfinite(w) else "inf" for w in weights]))
 
-    # the selected (λ1, λ2) solved from scratch by both solvers
-    problem = LatentLogitProblem(train, device, a.center)
-    first = fista(problem, sel.lam1, sel.lam2, beta_u, None, max_iter=a.max_iter, tol=a.tol)
+    # the selected (λ1, λ2) solved from scratch by both solvers; refit: unpenalised β on the selected support
+    lam1 = sel.lam1
+    if a.refit:
+        support = np.intersect1d(sel.support(a.support_tol), np.flatnonzero(train.penalized))
+        weights, lam1 = support_weights(support, train.penalized), 0.0
+        results["selection"]["refit_support"] = [data.feature_names[k] for k in support]
+    problem = LatentLogitProblem(train, device, a.center, weights)
+    first = fista(problem, lam1, sel.lam2, beta_u, None, max_iter=a.max_iter, tol=a.tol)
     solvers: dict[str, Any] = {"fista": _fit_summary(first)}
     if a.compare_cvxpy and train.n_ind <= a.cvxpy_max_individuals:
         from runner.choice.cvx import CvxpyLatentLogit
 
         t1 = time.perf_counter()
-        conic = CvxpyLatentLogit(train, a.cvxpy_solver, center=a.center)
-        cfit = conic.solve(sel.lam1, sel.lam2)
+        conic = CvxpyLatentLogit(train, a.cvxpy_solver, center=a.center, weights=weights)
+        cfit = conic.solve(lam1, sel.lam2)
         solvers["cvxpy"] = {**_fit_summary(cfit), "seconds_with_compile": time.perf_counter() - t1}
         solvers["relative_objective_gap"] = (first.objective - cfit.objective) / abs(cfit.objective)
         solvers["speedup_fista_vs_cvxpy"] = cfit.seconds / max(first.seconds, 1e-9)
@@ -215,13 +261,18 @@ def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                                          sd=dict(zip(names, np.abs(ml.sigma).tolist())))
     results["models"] = models
 
-    # plots: the λ path (CV loss and rank) and the singular values
+    # plots: the λ path (CV loss and rank; the adaptive stage's λ1 path too) and the singular values
     series_cv, series_rank = {}, {}
+    n_path = a.n_lambdas
     for j, c in enumerate(a.lambda2_scales):
         idx = range(j * n_path, (j + 1) * n_path)
-        xs = [grid[k][0] for k in idx]
-        series_cv[f"λ2 scale {c:g}"] = (xs, [float(cv.mean[k]) for k in idx])
-        series_rank[f"λ2 scale {c:g}"] = (xs, [fits[k].rank for k in idx])
+        xs = [lasso.grid[k][0] for k in idx]
+        series_cv[f"λ2 scale {c:g}"] = (xs, [float(lasso.cv.mean[k]) for k in idx])
+        series_rank[f"λ2 scale {c:g}"] = (xs, [lasso.fits[k].rank for k in idx])
+    if path is not lasso:
+        xs = [g[0] for g in grid]
+        series_cv["adaptive, λ2 fixed"] = (xs, [float(v) for v in cv.mean])
+        series_rank["adaptive, λ2 fixed"] = (xs, [f.rank for f in fits])
     ctx.plot("lambda_path_cv", series_cv, "λ1", "CV held-out NLL per obs", title="λ path: cross-validation")
     ctx.plot("lambda_path_rank", series_rank, "λ1", "rank of L", title="λ path: rank")
     s = first.singular_values()

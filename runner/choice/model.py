@@ -28,9 +28,13 @@ from runner.choice.data import ChoiceData
 
 
 class LatentLogitProblem:
-    """The smooth part f and its gradient for one data set, as tensors on ``device``."""
+    """The smooth part f and its gradient for one data set, as tensors on ``device``.
 
-    def __init__(self, data: ChoiceData, device: str | torch.device = "cpu", center: bool = True):
+    ``weights`` are the ℓ1 weights w_k (default: 1 on penalised coordinates, 0 on constants); ``inf`` fixes
+    β_k = 0 (the adaptive lasso's weight for a coordinate its initial estimate set to zero)."""
+
+    def __init__(self, data: ChoiceData, device: str | torch.device = "cpu", center: bool = True,
+                 weights: np.ndarray | None = None):
         self.data = data
         self.center = center
         self.device = torch.device(device)
@@ -39,7 +43,9 @@ class LatentLogitProblem:
         self.y = torch.as_tensor(data.y, device=self.device)
         self.ind = torch.as_tensor(data.ind, device=self.device)
         self.avail = torch.as_tensor(data.avail, device=self.device)
-        self.w = torch.as_tensor(data.penalized, dtype=dt, device=self.device)
+        w = check_weights(data, weights)
+        self.fixed_zero = torch.as_tensor(np.isinf(w), device=self.device)  # β_k ≡ 0 (infinite weight)
+        self.w = torch.as_tensor(np.where(np.isinf(w), 0.0, w), dtype=dt, device=self.device)  # finite part
         self.N, self.J, self.p = data.X.shape
         self.n_ind = data.n_ind
         self.binary = self.J == 1
@@ -90,7 +96,12 @@ class LatentLogitProblem:
 
     # ------------------------------------------------------------------ penalty and its prox
     def penalty(self, beta: torch.Tensor, L: torch.Tensor, lam1: float, lam2: float) -> torch.Tensor:
+        """λ1 Σ_k w_k|β_k| + λ2‖L‖_* (coordinates fixed at zero contribute nothing; feasibility is the prox's)."""
         return lam1 * (self.w * beta.abs()).sum() + lam2 * nuclear_norm(L)
+
+    def prox_beta(self, v: torch.Tensor, t: float) -> torch.Tensor:
+        """prox of t·λ1‖w∘β‖₁ (t already holds λ1): weighted soft-threshold, infinite-weight coordinates → 0."""
+        return soft_threshold(v, t * self.w).masked_fill(self.fixed_zero, 0.0)
 
     def objective(self, beta: torch.Tensor, L: torch.Tensor, lam1: float, lam2: float) -> float:
         """F(β, L)."""
@@ -103,7 +114,7 @@ class LatentLogitProblem:
         since its left singular vectors are orthogonal to 1)."""
         if self.center:
             L = L - L.mean(dim=0, keepdim=True)
-        return soft_threshold(beta, step * lam1 * self.w), singular_value_threshold(L, step * lam2)[0]
+        return self.prox_beta(beta, step * lam1), singular_value_threshold(L, step * lam2)[0]
 
     def optimality_residual(self, beta: torch.Tensor, L: torch.Tensor, lam1: float, lam2: float) -> float:
         """‖(β, L) − prox_h((β, L) − ∇f(β, L))‖_F: zero exactly at a minimiser (prox-gradient fixed point)."""
@@ -118,12 +129,42 @@ class LatentLogitProblem:
         column-centred gradient when L is centred)."""
         L0 = torch.zeros((self.n_ind, self.p), dtype=torch.float64, device=self.device)
         _, gb, gL = self.loss_and_grad(beta_unpenalized, L0)
-        pen = self.w > 0
+        pen = (self.w > 0) & ~self.fixed_zero
         lam1 = float((gb[pen].abs() / self.w[pen]).max()) if bool(pen.any()) else 0.0
         if self.center:
             gL = gL - gL.mean(dim=0, keepdim=True)
         lam2 = float(torch.linalg.matrix_norm(gL, ord=2))
         return lam1, lam2
+
+
+def check_weights(data: ChoiceData, weights: np.ndarray | None) -> np.ndarray:
+    """ℓ1 weights as a float array: ``data.penalized`` if None; else shape (p,), ≥ 0 (``inf`` allowed), and
+    zero exactly on the unpenalised coordinates."""
+    if weights is None:
+        return data.penalized.astype(np.float64)
+    w = np.asarray(weights, dtype=np.float64)
+    if w.shape != (data.p,) or np.isnan(w).any() or (w < 0).any():
+        raise ValueError(f"penalty weights must be {data.p} non-negative numbers (inf allowed), got {w}")
+    if ((w > 0) != data.penalized).any():
+        raise ValueError("penalty weights must be > 0 exactly on the penalised coordinates")
+    return w
+
+
+def adaptive_weights(beta_init: np.ndarray, penalized: np.ndarray, gamma: float = 1.0) -> np.ndarray:
+    """Adaptive-lasso weights (Zou, 2006): w_k = 1/|β̃_k|^γ on penalised coordinates (``inf`` where β̃_k = 0,
+    which keeps β_k at zero), 0 on unpenalised ones."""
+    b = np.abs(np.asarray(beta_init, dtype=np.float64))
+    with np.errstate(divide="ignore"):
+        w = np.where(b > 0, b ** -float(gamma), np.inf)
+    return np.where(penalized, w, 0.0)
+
+
+def support_weights(support: np.ndarray, penalized: np.ndarray) -> np.ndarray:
+    """ℓ1 weights that restrict β to a selected ``support`` (indices): ``inf`` off it, 1 on it, 0 on unpenalised
+    coordinates; solved at λ1 = 0 this is the unpenalised refit on the support (relaxed lasso, φ = 0)."""
+    on = np.zeros(penalized.shape, dtype=bool)
+    on[np.asarray(support, dtype=np.int64)] = True
+    return np.where(penalized, np.where(on, 1.0, np.inf), 0.0)
 
 
 SMALL_PROBLEM_NUMEL = 2_000_000

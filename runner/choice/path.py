@@ -7,6 +7,10 @@
            every individual, which L_i needs); the held-out mean negative log-likelihood is averaged over
            folds; the selected λ minimises it, or with ``one_se`` is the most parsimonious grid point within
            one standard error of the minimum (largest λ2, then largest λ1).
+    ℓ1 weights: every step takes the penalty weights w_k of λ1 Σ w_k|β_k| (``weights``; default 1 on the
+           penalised coordinates), so the same code runs the adaptive lasso's second stage
+           (w_k = 1/|β̃_k|^γ, Zou 2006; see ``runner/choice/latent_logit.py``), whose path is in λ1 alone
+           (t_k·λ1_max(w), λ2 fixed).
 """
 
 from __future__ import annotations
@@ -24,22 +28,27 @@ from runner.choice.model import Fit, LatentLogitProblem, predict_log_probs
 
 
 def lambda_grid(data: ChoiceData, n_lambdas: int, min_ratio: float, lambda2_scales: list[float],
-                center: bool = True) -> tuple[list[tuple[float, float]], np.ndarray]:
-    """The (λ1, λ2) grid (one geometric path per scale, each from large to small) and the unpenalised fit."""
+                center: bool = True, weights: np.ndarray | None = None, lambda2: float | None = None
+                ) -> tuple[list[tuple[float, float]], np.ndarray]:
+    """The (λ1, λ2) grid (one geometric path per scale, each from large to small) and the unpenalised fit;
+    ``weights``: the ℓ1 weights (see :class:`LatentLogitProblem`), which set λ1_max. With ``lambda2`` given,
+    one path in λ1 alone, (t_k·λ1_max, lambda2) (``lambda2_scales`` unused)."""
     beta_u = fit_plain_logit(data, np.flatnonzero(~data.penalized))
-    problem = LatentLogitProblem(data, center=center)
+    problem = LatentLogitProblem(data, center=center, weights=weights)
     l1max, l2max = problem.lambda_max(torch.as_tensor(beta_u))
     ts = np.geomspace(1.0, min_ratio, n_lambdas)
+    if lambda2 is not None:
+        return [(float(t * l1max), float(lambda2)) for t in ts], beta_u
     grid = [(float(t * l1max), float(t * c * l2max)) for c in lambda2_scales for t in ts]
     return grid, beta_u
 
 
 def fit_path(data: ChoiceData, grid: list[tuple[float, float]], n_per_path: int, beta_start: np.ndarray,
              solve: Callable[..., Fit] | None = None, device: str = "cpu", center: bool = True,
-             **fista_kw) -> list[Fit]:
+             weights: np.ndarray | None = None, **fista_kw) -> list[Fit]:
     """Fit every grid point; within each path (``n_per_path`` consecutive points) warm-start from the last fit.
     ``solve(lam1, lam2)`` overrides the solver (e.g. a compiled :class:`CvxpyLatentLogit`)."""
-    problem = LatentLogitProblem(data, device, center)
+    problem = LatentLogitProblem(data, device, center, weights)
     fits: list[Fit] = []
     for k, (lam1, lam2) in enumerate(grid):
         if solve is not None:
@@ -64,14 +73,14 @@ class CVResult:
 
 def cross_validate(data: ChoiceData, grid: list[tuple[float, float]], n_per_path: int, n_folds: int, seed: int,
                    one_se: bool = True, device: str = "cpu", center: bool = True, progress: Callable | None = None,
-                   **fista_kw) -> CVResult:
+                   weights: np.ndarray | None = None, **fista_kw) -> CVResult:
     """K-fold CV with folds split within individuals; warm-started paths on each training part."""
     folds = split_within_individuals(data.ind, n_folds, seed)
     losses = np.zeros((n_folds, len(grid)))
     for k in progress(range(n_folds)) if progress else range(n_folds):
         train, test = data.subset(np.flatnonzero(folds != k)), data.subset(np.flatnonzero(folds == k))
         beta_u = fit_plain_logit(train, np.flatnonzero(~train.penalized))
-        fits = fit_path(train, grid, n_per_path, beta_u, device=device, center=center, **fista_kw)
+        fits = fit_path(train, grid, n_per_path, beta_u, device=device, center=center, weights=weights, **fista_kw)
         losses[k] = [-predict_log_probs(test, f.beta, f.L).mean() for f in fits]
     mean, se = losses.mean(0), losses.std(0, ddof=1) / np.sqrt(n_folds)
     best = int(np.argmin(mean))
@@ -80,3 +89,35 @@ def cross_validate(data: ChoiceData, grid: list[tuple[float, float]], n_per_path
         within = [j for j in range(len(grid)) if mean[j] <= mean[best] + se[best]]
         selected = max(within, key=lambda j: (grid[j][1], grid[j][0]))
     return CVResult(mean, se, best, selected)
+
+
+@dataclass
+class PathSelection:
+    """A CV-tuned path: the grid, its fits on the whole training data and the CV result."""
+
+    grid: list[tuple[float, float]]
+    fits: list[Fit]
+    cv: CVResult
+    beta_start: np.ndarray  # the unpenalised fit every path starts from
+
+    @property
+    def selected(self) -> Fit:
+        return self.fits[self.cv.selected]
+
+    @property
+    def best(self) -> Fit:
+        return self.fits[self.cv.best]
+
+
+def select_path(data: ChoiceData, n_lambdas: int, min_ratio: float, lambda2_scales: list[float], n_folds: int,
+                seed: int, one_se: bool = True, device: str = "cpu", center: bool = True,
+                weights: np.ndarray | None = None, lambda2: float | None = None, progress: Callable | None = None,
+                cv_tol: float = 1e-6, **fista_kw) -> PathSelection:
+    """λ grid for the ℓ1 ``weights`` (a λ1-only path at a fixed ``lambda2`` if given), K-fold CV within
+    individuals (at ``cv_tol``) and the warm-started path on all of ``data`` (``fista_kw``: tolerance and
+    iterations of the path fits)."""
+    grid, beta_u = lambda_grid(data, n_lambdas, min_ratio, lambda2_scales, center, weights, lambda2)
+    cv_kw = {**fista_kw, "tol": cv_tol}
+    cv = cross_validate(data, grid, n_lambdas, n_folds, seed, one_se, device, center, progress, weights, **cv_kw)
+    fits = fit_path(data, grid, n_lambdas, beta_u, device=device, center=center, weights=weights, **fista_kw)
+    return PathSelection(grid, fits, cv, beta_u)

@@ -52,7 +52,7 @@ from runner.guard.metrics import binary_metrics
 from runner.safety.common import EvalConfig, WarmStartConfig, check_common, prompt_sets, save_for_engine
 from runner.safety.evaluate import DEFAULT_REFUSAL, evaluate, guarded_system, pareto_plot, write_responses
 from runner.safety.judges import Judge, JudgeConfig, build_judge
-from runner.safety.waltzrl_guard import LearnedGuardConfig, train_learned_guard
+from runner.safety.waltzrl_guard import LearnedGuard, LearnedGuardConfig, guard_quality, train_learned_guard
 from runner.safety.waltzrl_protocol import Feedback, collaborative_system, single_agent_system
 from runner.safety.waltzrl_rewards import true_labels
 from runner.safety.waltzrl_rl import RLConfig
@@ -299,8 +299,14 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     """Warm start both agents → baselines → single-model RL → WaltzRL stages 1 and 2 → every system evaluated."""
     a = cfg.algorithm
     e = a.eval
+    t0 = time.perf_counter()
     sets = prompt_sets(cfg.dataset, ctx.seed)
     judge = build_judge(a.judge, cfg.hardware, world=sets.world)
+    guards = _guards(cfg, ctx, sets.world)
+    timing: dict[str, float] = {"guard_train_s": time.perf_counter() - t0}
+    guard_check = ({"base+guard": guard_quality(guards["base+guard"], sets.world)}
+                   if isinstance(guards["base+guard"], LearnedGuard) else {})
+    ctx.write_json("guard_test.json", guard_check)  # the guard's own held-out check, readable during the run
     conv_model, tok = build_agent(cfg, ctx, sets, "conversation")
     fb_model, _ = build_agent(cfg, ctx, sets, "feedback")
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
@@ -314,8 +320,6 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         return res.metrics, feedback_label_metrics(res.rows, judge), res.rows
 
     systems: dict[str, dict[str, Any]] = {}
-    timing: dict[str, float] = {}
-    t0 = time.perf_counter()
 
     # ---- baselines at initialisation: base, base + guards (same sampled answers), untrained collaboration
     base_fn = single_agent_system(ag.conversation(e.temperature, e.top_p, eval_seed), a.protocol)
@@ -327,8 +331,6 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             cache[key] = list(base_fn(prompts))
         return cache[key]
 
-    guards = _guards(cfg, ctx, sets.world)
-    timing["guard_train_s"] = time.perf_counter() - t0
     named = [("base", base_cached)] + [(k, guarded_system(base_cached, g, a.baselines.refusal))
                                        for k, g in guards.items()]
     for name, fn in named:
@@ -382,7 +384,8 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     return {"systems": systems, "feedback_labels": {"before": labels_before, "after": labels_after},
             "training": _curves_and_plots(ctx, systems, a.train.stage1_steps),
             "timing": timing, "judge": a.judge.name,
-            "guard": a.baselines.guard.name, "upper_bound": ["base+oracle_guard"] if a.baselines.oracle_guard else []}
+            "guard": a.baselines.guard.name, "guard_test": guard_check,
+            "upper_bound": ["base+oracle_guard"] if a.baselines.oracle_guard else []}
 
 
 def _curves_and_plots(ctx: RunContext, systems: dict[str, dict[str, Any]], stage1_steps: int) -> dict[str, Any]:

@@ -31,11 +31,11 @@ class LearnedGuardConfig:
     """``algorithm.baselines.learned_guard``: the tiny guard trained in the run (``baselines.guard.name=learned``)."""
 
     model: str = "tiny_guard"  # a conf/model option with kind=tiny
-    steps: int = 300
+    steps: int = 1000
     batch_size: int = 16
     lr: float = 1.0e-2
     warmup_steps: int = 20
-    checkpoint_every: int = 300
+    checkpoint_every: int = 500
     max_new_tokens: int = 8
     eval_batch_size: int = 64
 
@@ -88,6 +88,22 @@ class LearnedGuard:
                 verdicts.append(Verdict(v.unsafe, None, p, label="unsafe" if v.unsafe else "safe", raw=text,
                                         extra={"categories": v.categories}))
         return verdicts
+
+
+def guard_test_pairs(world: Any) -> list[ModerationExample]:
+    """Test-split prompts × every response phrasing, labelled like the training pairs (the guard's own check)."""
+    return [ModerationExample(rec.prompt, response, rec.harmful and behaviour == "comply")
+            for rec in world.records("test") for behaviour in BEHAVIOURS for response in PHRASINGS[behaviour]]
+
+
+def guard_quality(guard: LearnedGuard, world: Any) -> dict[str, float]:
+    """Precision, recall, F1 and FPR of the guard on :func:`guard_test_pairs` (malformed verdicts count as safe)."""
+    from runner.guard.metrics import binary_metrics
+
+    pairs = guard_test_pairs(world)
+    verdicts = guard.judge([e.prompt for e in pairs], [e.response for e in pairs])
+    m = binary_metrics([e.unsafe for e in pairs], [bool(v.unsafe) for v in verdicts])
+    return {k: m[k] for k in ("precision", "recall", "f1", "fpr")} | {"n": len(pairs)}
 
 
 def train_learned_guard(lg: Any, hardware_cfg: Any, ctx: RunContext, world: Any) -> LearnedGuard:

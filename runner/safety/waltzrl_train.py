@@ -137,8 +137,17 @@ def train_waltzrl(cfg: DictConfig, ctx: RunContext, ag: Agents, train: Sequence[
 
         return step_fn
 
-    def rewind_curve(offset: int) -> Callable[[int], None]:  # curve points logged after the checkpoint
-        return lambda start: _drop_records(ctx, "curve", offset + start)
+    def rewind_curve(offset: int) -> Callable[[int], None]:
+        """On (re)start at ``start``: drop curve points logged after the checkpoint, and make sure the point
+        due at the checkpoint's step is there (it is deterministic, so recomputing it gives the same values)."""
+        def on_start(start: int) -> None:
+            _drop_records(ctx, "curve", offset + start)
+            last = t.stage1_steps if offset == 0 else t.stage2_steps
+            due = t.eval_every and start > 0 and (start % t.eval_every == 0 or start == last)
+            if due and all(p["step"] != offset + start for p in ctx.metrics("curve")):
+                curve(offset + start)
+
+        return on_start
 
     _run_stage(ctx, "stage1", t.stage1_steps, t.checkpoint_every, {"feedback": fb_trainer},
                make_step("stage1", 0, r.lam, train_conv=False), rewind_curve(0))

@@ -352,3 +352,25 @@ def test_engine_agent_cuts_a_turn_at_end_of_turn():
     (turn,) = engine_agent(FakeEngine(), SamplingParams(), tok)([[{"role": "user", "content": "hi"}]])
     assert turn.text == "Sorry, I can't help." and turn.token_ids[-1] == tok.convert_tokens_to_ids("<|end|>")
     assert turn.prompt_ids == [5, 6]
+
+
+def test_learned_guard_data_is_held_out_and_labelled_like_the_judge():
+    """The guard trains on training-split prompts only (none is an evaluation prompt); every response item's
+    label is the rule judge's verdict, and unsafe items carry the prompt's hazard category."""
+    from runner.safety.waltzrl_guard import guard_test_pairs, guard_training_examples
+
+    world = ToySafetyWorld()
+    train = guard_training_examples(world)
+    eval_prompts = {r.prompt for r in world.records("test")}
+    assert eval_prompts and not {e.prompt for e in train} & eval_prompts
+    judge = RuleJudge(world)
+    responses = [e for e in train if e.response is not None]
+    verdicts = judge.judge([e.prompt for e in responses], [e.response for e in responses])
+    assert [e.unsafe for e in responses] == [v.unsafe for v in verdicts]
+    assert all(e.categories == [world.lookup(e.prompt)[2]] for e in train if e.unsafe)
+    prompts_only = [e for e in train if e.response is None]
+    assert len(prompts_only) == len(world.records("train")) and sum(e.unsafe for e in prompts_only) > 0
+    test = guard_test_pairs(world)
+    assert {e.prompt for e in test} == eval_prompts
+    assert [e.unsafe for e in test] == [v.unsafe for v in judge.judge([e.prompt for e in test],
+                                                                     [e.response for e in test])]

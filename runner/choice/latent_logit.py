@@ -6,10 +6,13 @@
    warm-started path on the training part (accelerated proximal gradient, ``fista.py``).
 3. ``beta_penalty=adaptive_lasso`` (default): a second stage re-weights the ℓ1 penalty by
    w_k = 1/|β̃_k|^γ, β̃ the CV-minimising first-stage fit (Zou, 2006; Bühlmann & van de Geer, 2011, §2.8),
-   and repeats step 2 with those weights. CV-tuned lasso is prediction-optimal and keeps small spurious
+   and cross-validates again with those weights. CV-tuned lasso is prediction-optimal and keeps small spurious
    coefficients (a large λ1 would also shrink the true ones); the weights penalise small coefficients
-   heavily and large ones lightly, which makes the selection consistent. Same convex problem, both solvers.
-4. The selected fit is re-solved by cvxpy (``cvx.py``) and the two optimal objectives compared.
+   heavily and large ones lightly, which makes the selection consistent. λ2 stays at the first stage's
+   selection (the nuclear norm is not re-weighted) and λ1 gets its own path. Same convex problem, both solvers.
+4. ``refit`` (default): the final model is solved at the selected λ2 with λ1 = 0 on the selected support and
+   β_k = 0 off it (relaxed lasso with φ = 0, Meinshausen 2007): the penalty selects, the refit estimates
+   without its shrinkage. FISTA solves it from scratch, cvxpy re-solves it and the two optima are compared.
 5. Baselines: plain logit and panel mixed logit by simulated maximum likelihood (``baselines.py``).
 6. Report held-out log-likelihood and accuracy for each model, parameter recovery on synthetic data
    (support of β, rank and error of L), runtimes, and plots of the λ path and the singular values.

@@ -68,5 +68,9 @@ def test_bad_algorithm_values_are_config_errors():
         compose_recipe("latent_logit", ["algorithm.selection=aic"])
     with pytest.raises(ConfigError, match="algorithm.cv_folds"):
         compose_recipe("latent_logit", ["algorithm.cv_folds=1"])
+    with pytest.raises(ConfigError, match="algorithm.beta_penalty"):
+        compose_recipe("latent_logit", ["algorithm.beta_penalty=scad"])
+    with pytest.raises(ConfigError, match="algorithm.adaptive_gamma"):
+        compose_recipe("latent_logit", ["algorithm.adaptive_gamma=0"])
     with pytest.raises(ConfigError, match="algorithm.nonsense"):
         compose_recipe("latent_logit", ["+algorithm.nonsense=1"])

@@ -7,7 +7,10 @@
 3. Evaluate the base policy on the held-out sets through the rollout engine (``hf`` or ``vllm``).
 4. GRPO (TRL's ``GRPOTrainer``): G samples per prompt, reward R_c = 1[not unsafe and not overrefusal]
    from the judge (:func:`runner.safety.judges.harmless_helpful_reward`), group-normalised advantages,
-   clipped ratio, β·KL to the reference. On GPU the trainer generates with vLLM (colocated).
+   clipped ratio, β·KL to the reference. The prompts are balanced between harmful and benign
+   (:func:`balance_prompts`), and completions cut off at ``max_completion_length`` are left out of the loss
+   (DAPO's overlong masking). On GPU the trainer generates with vLLM (colocated). A rerun in the same
+   run dir resumes exactly (:mod:`runner.safety.trl_grpo`).
 5. Evaluate the trained policy the same way; report ``base`` and ``trained`` ASR/ORR and a Pareto plot.
 """
 

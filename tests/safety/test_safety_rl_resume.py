@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -140,6 +141,18 @@ def test_sigkilled_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_p
     assert comparable_results(resumed) == comparable_results(base)  # trained ASR/ORR included, to the last bit
     assert _grpo_rewards(tmp_path / "metrics.jsonl") == _grpo_rewards(uninterrupted / "metrics.jsonl")
     assert [s for s, _ in _grpo_rewards(tmp_path / "metrics.jsonl")] == list(range(1, 17))  # nothing logged twice
+    assert _records(tmp_path / "metrics.jsonl") == _records(uninterrupted / "metrics.jsonl")
+
+
+def test_run_stopped_after_grpo_finished_resumes_from_the_final_checkpoint(uninterrupted, tmp_path):
+    shutil.copytree(uninterrupted, tmp_path, dirs_exist_ok=True)
+    for name in ("results.json", "summary.md", "responses_trained.jsonl"):  # stopped during the final evaluation
+        (tmp_path / name).unlink()
+    lines = (tmp_path / "metrics.jsonl").read_text().splitlines()
+    (tmp_path / "metrics.jsonl").write_text("".join(x + "\n" for x in lines[:-1]))  # eval_trained not logged
+    resumed = run_recipe("safety_rl", REDUCED, run_dir=tmp_path)
+    base = json.loads((uninterrupted / "results.json").read_text())
+    assert comparable_results(resumed) == comparable_results(base)
     assert _records(tmp_path / "metrics.jsonl") == _records(uninterrupted / "metrics.jsonl")
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from runner.core.cli import run_recipe
 from runner.core.report import comparable_results
-from tests.conftest import ROOT
+from tests.conftest import ROOT, run_cli
 
 REDUCED = ["run.smoke=true", "run.progress=false", "algorithm.source_steps=24", "algorithm.distill_steps=12",
            "algorithm.qat_steps=12", "algorithm.checkpoint_every=4"]
@@ -48,7 +48,9 @@ def uninterrupted(tmp_path_factory) -> Path:
 
 
 def test_same_seed_gives_identical_results(uninterrupted, tmp_path):
-    run_recipe("llamaguard_1b_int4", REDUCED, run_dir=tmp_path)
+    # a fresh process with another hash seed: nothing may depend on python's str hash or on process state
+    proc = run_cli("+recipe=llamaguard_1b_int4", f"run.dir={tmp_path}", *REDUCED, env={"PYTHONHASHSEED": "123"})
+    assert proc.returncode == 0, proc.stderr[-3000:]
     a, b = (json.loads((d / "results.json").read_text()) for d in (uninterrupted, tmp_path))
     assert comparable_results(a) == comparable_results(b)
     assert "stages.int4_output_pruned.f1" in comparable_results(a)

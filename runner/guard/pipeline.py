@@ -5,7 +5,8 @@ source guard ─► calibrate ─► prune blocks (BI) + MLP neurons ─► dist
 finished stage is marked done with its metrics, so a re-run skips it and rebuilds its model from the previous
 stage's weights (pruning, conversion and output pruning are deterministic given calibration). Each stage is
 evaluated on the test split and measured (parameters, exported bytes, CPU time to first token and decode speed);
-``results.json`` holds the table under ``stages.<name>``.
+``results.json`` holds the table under ``stages.<name>`` and, as the task's difficulty check on the same split,
+``baselines.bow`` (bag-of-words logistic regression) and ``baselines.majority``.
 
 Embedded default: a toy moderation world, a tiny Llama guard trained on it (the source and, without a separate
 teacher, the distillation teacher), and a student derived by the whole pipeline. Paper scale: the source is

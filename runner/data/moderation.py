@@ -282,3 +282,12 @@ def split_examples(examples: list[ModerationExample], test_fraction: float, seed
     random.Random(seed).shuffle(idx)
     k = max(1, int(round(len(examples) * test_fraction)))
     return [examples[i] for i in idx[k:]], [examples[i] for i in idx[:k]]
+
+
+def guard_split(examples: list[ModerationExample], dataset_cfg: Any, test_fraction: float, seed: int
+                ) -> tuple[list[ModerationExample], list[ModerationExample]]:
+    """(train, test) for training a guard: the toy world's own held-out split (disjoint phrasings, checked),
+    else a seeded random split of ``test_fraction``."""
+    if dataset_cfg.source == "builtin":
+        return toy_split(examples)
+    return split_examples(examples, test_fraction, seed)

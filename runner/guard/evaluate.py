@@ -188,7 +188,7 @@ class GuardEvalConfig:
 
 def run_guard_eval(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     """Evaluate the configured guard on the configured moderation data; plot threshold curves."""
-    from runner.data.moderation import load_moderation, split_examples
+    from runner.data.moderation import guard_split, load_moderation
     from runner.guard.train import GuardTrainConfig, train_guard
 
     a = cfg.algorithm
@@ -196,7 +196,7 @@ def run_guard_eval(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     examples = load_moderation(cfg.dataset, ctx.seed, data)
     cats = prompt_categories(a.categories, examples)
     tiny = cfg.model.kind == "tiny"
-    train, test = split_examples(examples, a.test_fraction, ctx.seed) if tiny else ([], examples)
+    train, test = guard_split(examples, cfg.dataset, a.test_fraction, ctx.seed) if tiny else ([], examples)
     model, prompter = build_guard(cfg.model, cfg.hardware, cats, prompt_wrap(a.prompt_wrap, cfg.model), train,
                                   has_category_labels(examples))
     if tiny and a.train_steps > 0:

@@ -185,12 +185,9 @@ def _teacher(cfg: DictConfig, a: Any, source: Any) -> Any:
 def _split(cfg: DictConfig, seed: int) -> tuple[list[ModerationExample], list[ModerationExample]]:
     """(train, test): the toy world's own held-out split (``dataset.params.test_fraction``), else a seeded
     random split of ``algorithm.test_fraction``."""
-    from runner.data.moderation import load_moderation, split_examples, toy_split
+    from runner.data.moderation import guard_split, load_moderation
 
-    examples = load_moderation(cfg.dataset, seed)
-    if cfg.dataset.source == "builtin":
-        return toy_split(examples)
-    return split_examples(examples, cfg.algorithm.test_fraction, seed)
+    return guard_split(load_moderation(cfg.dataset, seed), cfg.dataset, cfg.algorithm.test_fraction, seed)
 
 
 # --------------------------------------------------------------------------- the recipe

@@ -80,3 +80,15 @@ def test_guard_eval_smoke(tmp_path):
     assert (tmp_path / "threshold_curves.png").exists()
     lines = (tmp_path / "predictions.jsonl").read_text().splitlines()
     assert len(lines) == r["num_test"] and "p_unsafe" in json.loads(lines[0])
+
+
+def test_guard_eval_trains_and_tests_on_disjoint_toy_items():
+    """guard_eval uses the toy world's held-out split (as the compression pipeline does), never a random one."""
+    from runner.data.moderation import guard_split, load_moderation
+
+    cfg = compose_recipe("guard_eval", ["run.smoke=true"])
+    examples = load_moderation(cfg.dataset, cfg.seed)
+    train, test = guard_split(examples, cfg.dataset, cfg.algorithm.test_fraction, cfg.seed)
+    assert train and test and len(train) + len(test) == len(examples)
+    assert not {(e.prompt, e.response) for e in train} & {(e.prompt, e.response) for e in test}
+    assert {e.source for e in test} == {"toy-heldout"}

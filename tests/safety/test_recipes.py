@@ -13,8 +13,12 @@ FAST = ["run.smoke=true", "run.progress=false", "algorithm.warm_start.steps=10",
 
 @pytest.mark.parametrize("recipe", ["safety_eval", "safety_eval_guarded", "safety_rl"])
 def test_recipes_compose(recipe):
+    from runner.safety.common import toy_world
+    from runner.safety.judges import resolve_judge_name
+
     cfg = compose_recipe(recipe)
-    assert cfg.algorithm.name == recipe and cfg.dataset.name == "toy_safety" and cfg.algorithm.judge.name == "rule"
+    assert cfg.algorithm.name == recipe and cfg.dataset.name == "toy_safety"
+    assert resolve_judge_name(cfg.algorithm.judge.name, toy_world(cfg.dataset)) == "rule"  # auto → rule on the toy world
 
 
 def test_paper_scale_configs_compose():

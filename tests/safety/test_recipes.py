@@ -18,7 +18,7 @@ def test_recipes_compose(recipe):
 
     cfg = compose_recipe(recipe)
     assert cfg.algorithm.name == recipe and cfg.dataset.name == "toy_safety"
-    assert resolve_judge_name(cfg.algorithm.judge.name, toy_world(cfg.dataset)) == "rule"  # auto → rule on the toy world
+    assert resolve_judge_name(cfg.algorithm.judge.name, toy_world(cfg.dataset)) == "rule"  # auto: rule on the toy world
 
 
 def test_paper_scale_configs_compose():

@@ -2,9 +2,14 @@
 
 from __future__ import annotations
 
+import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
+import time
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -37,3 +42,38 @@ def run_cli(*args: str, env: dict[str, str] | None = None, timeout: float = 600)
     full_env.pop("HYDRA_FULL_ERROR", None) if env is None or "HYDRA_FULL_ERROR" not in env else None
     return subprocess.run([sys.executable, "-m", "runner", *args], cwd=ROOT, env=full_env, capture_output=True,
                           text=True, timeout=timeout)
+
+
+def kill_runner_when(args: Sequence[str], ready: Callable[[], bool], timeout: float = 300) -> None:
+    """Start ``python -m runner ARGS`` and SIGKILL its process group as soon as ``ready()`` holds (a kill -9 in the
+    middle of a run); fails if the run ends first or ``timeout`` seconds pass."""
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "runner", *args], cwd=ROOT, stdout=subprocess.DEVNULL,
+                                stderr=err, env={**os.environ, "PYTHONUNBUFFERED": "1"}, start_new_session=True)
+        try:
+            deadline = time.time() + timeout
+            while not ready():
+                if proc.poll() is not None:
+                    err.seek(0)
+                    raise AssertionError(f"the run ended before it could be killed: {err.read()[-2000:]}")
+                assert time.time() < deadline, f"the run was not ready to be killed after {timeout} s"
+                time.sleep(0.01)
+        finally:
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            proc.wait()
+
+
+def logged_records(path: Path) -> list[dict]:
+    """What a (possibly running) process has written to ``metrics.jsonl``; a half-written last line is skipped."""
+    if not path.exists():
+        return []
+    out = []
+    for line in path.read_text().splitlines():
+        try:
+            out.append(json.loads(line))
+        except json.JSONDecodeError:
+            continue
+    return out

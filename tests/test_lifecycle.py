@@ -4,17 +4,14 @@ from __future__ import annotations
 
 import csv
 import json
-import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from runner.core.cli import run_recipe
-from tests.conftest import ROOT, run_cli
+from tests.conftest import ROOT, kill_runner_when, run_cli
 
 SMALL = ["algorithm.steps=80", "algorithm.checkpoint_every=20", "algorithm.eval_every=40", "algorithm.warmup_steps=5",
          "run.progress=false"]
@@ -38,15 +35,8 @@ def test_smoke_recipe_end_to_end_in_a_subprocess(tmp_path):
 
 def test_resume_after_kill_reaches_the_same_final_metrics(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    args = [sys.executable, "-m", "runner", "+recipe=smoke", f"run.dir={killed}", *SMALL]
-    proc = subprocess.Popen(args, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            start_new_session=True)
     ckpt = killed / "checkpoints" / "finetune" / "step_40.pt"
-    deadline = time.time() + 400
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.05)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_runner_when(["+recipe=smoke", f"run.dir={killed}", *SMALL], ckpt.exists, timeout=400)
     assert ckpt.exists() and not (killed / "results.json").exists(), "the run must be killed mid-training"
 
     resumed = run_cli("+recipe=smoke", f"run.dir={killed}", *SMALL)

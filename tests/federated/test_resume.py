@@ -7,14 +7,9 @@ The simulator checkpoints its whole state (clock, heap, in-flight clients, RNG, 
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 from runner.core.report import comparable_results
-from tests.conftest import ROOT, run_cli
+from tests.conftest import kill_runner_when, run_cli
 
 ARGS = ("+recipe=fedbuff", "run.smoke=true", "run.progress=false", "algorithm.checkpoint_every=25",
         "algorithm.max_client_updates=300")
@@ -22,14 +17,8 @@ ARGS = ("+recipe=fedbuff", "run.smoke=true", "run.progress=false", "algorithm.ch
 
 def test_fedbuff_killed_mid_stage_resumes_to_the_same_results(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *ARGS, f"run.dir={killed}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     stage = killed / "checkpoints" / "fedavgm"  # the second of three stages: one done, one mid-way
-    deadline = time.time() + 300
-    while not (stage / "step_50.pt").exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_runner_when([*ARGS, f"run.dir={killed}"], (stage / "step_50.pt").exists)
     assert (killed / "checkpoints" / "fedbuff" / "done.json").exists()
     assert not (stage / "done.json").exists() and not (killed / "results.json").exists(), "killed mid-stage"
 

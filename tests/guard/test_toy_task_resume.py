@@ -4,36 +4,21 @@ SIGKILL in the middle of a training stage and resumed in its run dir ends with t
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
 
 from runner.core.cli import run_recipe
 from runner.core.report import comparable_results
-from tests.conftest import ROOT, run_cli
+from tests.conftest import kill_runner_when, logged_records, run_cli
 
 REDUCED = ["run.smoke=true", "run.progress=false", "algorithm.source_steps=24", "algorithm.distill_steps=12",
            "algorithm.qat_steps=12", "algorithm.checkpoint_every=4"]
 
 
 def _stage_steps(path: Path, stage: str) -> list[int]:
-    """Steps of ``stage`` logged so far by a running process (a half-written last line is skipped)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("stage") == stage:
-            out.append(r["step"])
-    return out
+    """Steps of ``stage`` logged so far by a running process."""
+    return [r["step"] for r in logged_records(path) if r.get("stage") == stage]
 
 
 def _training_records(path: Path) -> list[dict]:
@@ -60,19 +45,9 @@ def test_same_seed_gives_identical_results(uninterrupted, tmp_path):
 @pytest.mark.parametrize("stage,kill_after,row", [("source", 10, "source"), ("distill", 6, "distilled"),
                                                   ("qat", 6, "int4")])
 def test_sigkilled_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_path, stage, kill_after, row):
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "+recipe=llamaguard_1b_int4", f"run.dir={tmp_path}",
-                             *REDUCED], cwd=ROOT, env={**os.environ, "PYTHONUNBUFFERED": "1"},
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:  # kill it after step `kill_after` of the stage is logged: its newest checkpoint is an earlier step
-        deadline = time.time() + 120
-        while not any(s >= kill_after for s in _stage_steps(tmp_path / "metrics.jsonl", stage)):
-            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-            assert time.time() < deadline, f"{stage} did not reach step {kill_after}"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # kill it after step `kill_after` of the stage is logged: its newest checkpoint is an earlier step
+    kill_runner_when(["+recipe=llamaguard_1b_int4", f"run.dir={tmp_path}", *REDUCED],
+                     lambda: any(s >= kill_after for s in _stage_steps(tmp_path / "metrics.jsonl", stage)))
     assert not (tmp_path / "results.json").exists()
     assert not (tmp_path / "checkpoints" / row / "done.json").exists()  # killed inside the stage
 

@@ -4,12 +4,7 @@ one, and two runs of one seed give identical results; the pieces that make it so
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import signal
-import subprocess
-import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -20,7 +15,7 @@ from runner.core.cli import run_recipe
 from runner.core.report import comparable_results
 from runner.data.safety import SafetyRecord
 from runner.safety.safety_rl import balance_prompts
-from tests.conftest import ROOT
+from tests.conftest import kill_runner_when, logged_records
 
 # A reduced embedded default: a narrow tiny_lm warm-started enough to answer in the world's formats (so rewards
 # vary and GRPO moves the policy); 16 topics x 4 train templates, balanced to 112 prompts = 8 GRPO steps an
@@ -119,19 +114,9 @@ def test_same_seed_gives_identical_results(uninterrupted, tmp_path):
 
 
 def test_sigkilled_run_resumes_to_the_uninterrupted_results(uninterrupted, tmp_path):
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "runner", "+recipe=safety_rl", f"run.dir={tmp_path}", *REDUCED],
-                            cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:  # kill it once step 13 is logged: the newest checkpoint is step 12, in the second epoch
-        deadline = time.time() + 120
-        while not any(s >= 13 for s, _ in _safe_rewards(tmp_path / "metrics.jsonl")):
-            assert proc.poll() is None, f"the run ended before it could be killed: {proc.stderr.read()[-2000:]}"
-            assert time.time() < deadline, "GRPO did not reach step 13"
-            time.sleep(0.01)
-        proc.send_signal(signal.SIGKILL)
-    finally:
-        proc.kill()
-        proc.wait()
+    # kill it once step 13 is logged: the newest checkpoint is step 12, in the second epoch
+    kill_runner_when(["+recipe=safety_rl", f"run.dir={tmp_path}", *REDUCED],
+                     lambda: any(s >= 13 for s, _ in _safe_rewards(tmp_path / "metrics.jsonl")))
     assert not (tmp_path / "results.json").exists()
     assert (tmp_path / "grpo" / "checkpoint-12").exists()
 
@@ -157,15 +142,5 @@ def test_run_stopped_after_grpo_finished_resumes_from_the_final_checkpoint(unint
 
 
 def _safe_rewards(path: Path) -> list[tuple[int, float]]:
-    """The GRPO rewards logged so far by a running process (a half-written last line is skipped)."""
-    if not path.exists():
-        return []
-    out = []
-    for line in path.read_text().splitlines():
-        try:
-            r = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if r.get("stage") == "grpo" and "reward" in r:
-            out.append((r["step"], r["reward"]))
-    return out
+    """The GRPO rewards logged so far by a running process."""
+    return [(r["step"], r["reward"]) for r in logged_records(path) if r.get("stage") == "grpo" and "reward" in r]

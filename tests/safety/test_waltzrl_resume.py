@@ -5,14 +5,9 @@ seeded by stage and step)."""
 from __future__ import annotations
 
 import json
-import os
-import signal
-import subprocess
-import sys
-import time
 
 from runner.core.report import comparable_results
-from tests.conftest import ROOT, run_cli
+from tests.conftest import kill_runner_when, run_cli
 
 ARGS = ("+recipe=waltzrl", "run.smoke=true", "run.progress=false", "algorithm.train.stage1_steps=2",
         "algorithm.train.stage2_steps=3", "algorithm.train.checkpoint_every=1", "algorithm.train.eval_every=1",
@@ -21,14 +16,8 @@ ARGS = ("+recipe=waltzrl", "run.smoke=true", "run.progress=false", "algorithm.tr
 
 def test_waltzrl_killed_in_stage2_resumes_to_the_same_results(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
-    proc = subprocess.Popen([sys.executable, "-m", "runner", *ARGS, f"run.dir={killed}"], cwd=ROOT,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
     ckpt = killed / "checkpoints" / "stage2" / "step_1.pt"
-    deadline = time.time() + 300
-    while not ckpt.exists() and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
-    os.killpg(proc.pid, signal.SIGKILL)
-    proc.wait()
+    kill_runner_when([*ARGS, f"run.dir={killed}"], ckpt.exists)
     assert (killed / "checkpoints" / "stage1" / "done.json").exists() and ckpt.exists()
     assert not (killed / "checkpoints" / "stage2" / "done.json").exists(), "the run must be killed mid-stage 2"
 

@@ -13,9 +13,13 @@
 4. ``refit`` (default): the final model is solved at the selected λ2 with λ1 = 0 on the selected support and
    β_k = 0 off it (relaxed lasso with φ = 0, Meinshausen 2007): the penalty selects, the refit estimates
    without its shrinkage. FISTA solves it from scratch, cvxpy re-solves it and the two optima are compared.
-5. Baselines: plain logit and panel mixed logit by simulated maximum likelihood (``baselines.py``).
-6. Report held-out log-likelihood and accuracy for each model, parameter recovery on synthetic data
-   (support of β, rank and error of L), runtimes, and plots of the λ path and the singular values.
+5. Baselines: plain logit (``baselines.py``) and panel mixed logits by simulated maximum likelihood
+   (``mixed.py``), each as ``mixed_models`` specifies it; the default ``mixed_logit`` gives every coefficient
+   (alternative-specific constants included) a correlated normal individual deviation, the same coverage as
+   β + L_i, so the comparison is like for like.
+6. Report held-out log-likelihood, accuracy, specification (which coefficients vary by individual) and number
+   of parameters of each model, parameter recovery on synthetic data (support of β, rank and error of L),
+   runtimes, and plots of the λ path and the singular values.
 """
 
 from __future__ import annotations
@@ -27,9 +31,10 @@ from typing import Any
 import numpy as np
 from omegaconf import DictConfig
 
-from runner.choice.baselines import fit_mixed_logit, fit_plain_logit
+from runner.choice.baselines import fit_plain_logit
 from runner.choice.data import ChoiceData, Truth, heldout_split, load_swissmetro, resolve_path, synthetic_panel
 from runner.choice.fista import fista
+from runner.choice.mixed import DISTRIBUTIONS, fit_mixed_logit, parse_spec
 from runner.choice.model import (
     Fit,
     LatentLogitProblem,
@@ -71,12 +76,25 @@ class LatentLogitConfig:
     plain_logit: bool = True
     mixed_logit: bool = True
     mixed_draws: int = 100  # Halton draws per individual
-    mixed_random: list[str] | None = None  # random-coefficient features; null: every penalised feature
     mixed_max_iter: int = 300
+    # name -> {random: null (every coefficient) | [features] | {feature: normal|lognormal|neg_lognormal},
+    #          correlated: bool}
+    mixed_models: dict[str, Any] = field(default_factory=lambda: {
+        "mixed_logit": {"random": None, "correlated": True}})
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
         a, d = cfg.algorithm, cfg.dataset
+        for name, m in a.mixed_models.items():
+            extra = set(m) - {"random", "correlated"}
+            if extra:
+                raise ConfigError(f"algorithm.mixed_models.{name} has unknown keys {sorted(extra)} "
+                                  "(allowed: random, correlated)")
+            r = m.get("random")
+            dists = set(r.values()) if hasattr(r, "values") else set()
+            if dists - set(DISTRIBUTIONS):
+                raise ConfigError(f"algorithm.mixed_models.{name}.random: unknown distribution(s) "
+                                  f"{sorted(dists - set(DISTRIBUTIONS))} (allowed: {', '.join(DISTRIBUTIONS)})")
         for key in ("n_lambdas", "max_iter", "mixed_draws", "mixed_max_iter"):
             if a[key] < 1:
                 raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
@@ -152,6 +170,21 @@ def _recovery(fit: Fit, truth: Truth, penalized: np.ndarray, support_tol: float,
         "singular_values_estimated": s[: max(4, truth.rank + 2)].tolist(),
         "singular_values_true": np.linalg.svd(truth.L, compute_uv=False)[: max(4, truth.rank + 2)].tolist(),
     }
+
+
+def latent_n_params(fit: Fit, support_tol: float) -> int:
+    """Free parameters of the fitted latent model: the non-zero β_k plus the dimension r(n − 1 + p − r) of the
+    rank-r n × p matrices with Σ_i L_i = 0 (L = U Vᵀ with 1ᵀU = 0)."""
+    n, p = fit.L.shape
+    return int(fit.support(support_tol).size + fit.rank * (n - 1 + p - fit.rank))
+
+
+def latent_spec(fit: Fit, data: ChoiceData, support_tol: float) -> dict[str, Any]:
+    """Which coefficients vary by individual in the latent model: all of them (β + L_i), within a rank-r
+    subspace; β's support is the population part."""
+    return {"random": {n: "latent (rank-r L)" for n in data.feature_names}, "rank": fit.rank,
+            "population_support": [data.feature_names[k] for k in fit.support(support_tol)],
+            "n_params": latent_n_params(fit, support_tol)}
 
 
 def _fit_summary(fit: Fit) -> dict[str, Any]:
@@ -236,6 +269,8 @@ def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     lp = predict_log_probs(test, first.beta, first.L)
     models["latent_logit"] = _heldout(test, lp, accuracy(test, first.beta, first.L), selection_seconds,
                                       fit_seconds=first.seconds, rank=first.rank,
+                                      spec=latent_spec(first, data, a.support_tol),
+                                      n_params=latent_n_params(first, a.support_tol),
                                       rank_ratio_estimate=ratio_rank(first.singular_values(), a.rank_ratio_floor),
                                       support=[data.feature_names[k] for k in first.support(a.support_tol)],
                                       beta=dict(zip(data.feature_names, first.beta.tolist())))
@@ -248,20 +283,20 @@ def run_latent_logit(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         b = fit_plain_logit(train)
         secs = time.perf_counter() - t1
         models["plain_logit"] = _heldout(test, predict_log_probs(test, b, None), accuracy(test, b, None), secs,
+                                         spec={"random": {}, "fixed": data.feature_names}, n_params=data.p,
                                          beta=dict(zip(data.feature_names, b.tolist())))
     if a.mixed_logit:
-        names = list(a.mixed_random) if a.mixed_random is not None else \
-            [n for n, pen in zip(data.feature_names, data.penalized) if pen]
-        unknown = [n for n in names if n not in data.feature_names]
-        if unknown:
-            raise ConfigError(f"algorithm.mixed_random names unknown features {unknown} "
-                              f"(features: {', '.join(data.feature_names)})")
-        random = np.array([data.feature_names.index(n) for n in names], dtype=np.int64)
-        ml = fit_mixed_logit(train, random, a.mixed_draws, derive_seed(ctx.seed, "halton"), a.mixed_max_iter)
-        models["mixed_logit"] = _heldout(test, ml.heldout_log_probs(train, test), ml.heldout_accuracy(train, test),
-                                         ml.seconds, iterations=ml.iterations, simulated_loglik_train=ml.loglik,
-                                         mean=dict(zip(data.feature_names, ml.mu.tolist())),
-                                         sd=dict(zip(names, np.abs(ml.sigma).tolist())))
+        for name, m in a.mixed_models.items():
+            try:
+                spec = parse_spec(m.get("random"), data.feature_names, bool(m.get("correlated", False)))
+            except ValueError as e:
+                raise ConfigError(f"algorithm.mixed_models.{name}.random: {e}") from None
+            ml = fit_mixed_logit(train, spec, a.mixed_draws, derive_seed(ctx.seed, "halton"), a.mixed_max_iter)
+            models[name] = _heldout(test, ml.heldout_log_probs(train, test), ml.heldout_accuracy(train, test),
+                                    ml.seconds, spec=spec.describe(data.feature_names),
+                                    n_params=spec.n_params(data.p), draws=a.mixed_draws, iterations=ml.iterations,
+                                    converged=ml.converged, simulated_loglik_train=ml.loglik,
+                                    **ml.summary(data.feature_names))
     results["models"] = models
 
     # plots: the λ path (CV loss and rank; the adaptive stage's λ1 path too) and the singular values

@@ -172,22 +172,20 @@ def test_sampling_params_reject_bad_values():
 
 # ----------------------------------------------------------------------------- vllm engine
 class _FakeLLM:
-    """Records what the engine asks of vLLM; answers with vLLM's output structure."""
+    """Records what the engine asks of vLLM; answers with vLLM's output structure (one completion per request)."""
 
     def __init__(self, **kwargs):
         self.kwargs = kwargs
-        self.loaded: list[str] = []
-        runner_model = types.SimpleNamespace(load_weights=lambda ws: self.loaded.extend(n for n, _ in ws))
-        worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(model=runner_model))
-        self.llm_engine = types.SimpleNamespace(model_executor=types.SimpleNamespace(driver_worker=worker))
+        self.rpc: list[tuple] = []
         self.reset = 0
         self.tokenizer = None
 
-    def generate(self, prompts, sp, use_tqdm=False):
+    def generate(self, prompts, sp, use_tqdm=False, lora_request=None):
+        assert isinstance(sp, list) and len(sp) == len(prompts)  # one SamplingParams per request
         self.sp, self.prompts = sp, prompts
         return [self._out(i) for i, _ in enumerate(prompts)]
 
-    def chat(self, messages, sp, use_tqdm=False):
+    def chat(self, messages, sp, use_tqdm=False, lora_request=None):
         self.chat_called = True
         return self.generate(messages, sp)
 
@@ -196,6 +194,10 @@ class _FakeLLM:
         comp = types.SimpleNamespace(text=f"out{i}", token_ids=[7, 8], logprobs=lp, finish_reason="length")
         return types.SimpleNamespace(outputs=[comp], prompt_token_ids=[1, 2])
 
+    def collective_rpc(self, method, timeout=None, args=(), kwargs=None):
+        self.rpc.append((method, args))
+        return [None]
+
     def reset_prefix_cache(self):
         self.reset += 1
 
@@ -203,12 +205,19 @@ class _FakeLLM:
         return self.tokenizer
 
 
-def test_vllm_engine_maps_params_outputs_and_weight_updates(monkeypatch):
+@pytest.fixture
+def fake_vllm(monkeypatch):
     fake = types.ModuleType("vllm")
     fake.LLM = _FakeLLM
     fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return fake
+
+
+def test_vllm_engine_maps_params_outputs_and_weight_updates(fake_vllm):
     from runner.rollout.vllm import VLLMEngine
+    from runner.rollout.vllm_worker import WeightSyncExtension
 
     hw = OmegaConf.create({"tensor_parallel_size": 1, "gpu_memory_utilization": 0.3, "dtype": "bfloat16",
                            "max_model_len": 1024, "enforce_eager": True})
@@ -219,20 +228,41 @@ def test_vllm_engine_maps_params_outputs_and_weight_updates(monkeypatch):
     kw = engine.llm.kwargs
     assert kw["tensor_parallel_size"] == 1 and kw["gpu_memory_utilization"] == 0.3 and kw["seed"] == 3
     assert kw["distributed_executor_backend"] == "external_launcher" and kw["max_model_len"] == 1024
+    assert kw["logprobs_mode"] == "processed_logprobs"
+    assert kw["worker_extension_cls"] == "runner.rollout.vllm_worker.WeightSyncExtension"
     rollouts = engine.generate(["a", "b"], SamplingParams(max_new_tokens=9, temperature=0.7, top_k=0, stop=["\n"]))
-    sp = engine.llm.sp
-    assert (sp.max_tokens, sp.temperature, sp.top_k, sp.stop, sp.logprobs) == (9, 0.7, -1, ["\n"], 0)
+    sp = engine.llm.sp[0]
+    assert (sp.n, sp.max_tokens, sp.temperature, sp.top_k, sp.stop, sp.logprobs) == (1, 9, 0.7, -1, ["\n"], 0)
     assert [r.text for r in rollouts] == ["out0", "out1"] and rollouts[1].logprobs == [-0.5, -1.5]
     engine.generate([[{"role": "user", "content": "x"}]], SamplingParams())
     assert engine.llm.chat_called
+
+    # weight sync: a method of the worker extension called by name (no pickled function), tensors by reference
     engine.update_weights(model)
-    assert engine.llm.loaded == ["weight", "bias"] and engine.llm.reset == 1
+    ((method, (weights,)),) = engine.llm.rpc
+    assert method == "load_trained_weights" and [n for n, _ in weights] == ["weight", "bias"]
+    assert weights[0][1].data_ptr() == model.weight.data_ptr() and engine.llm.reset == 1
+    loaded = []
+    worker = types.SimpleNamespace(model_runner=types.SimpleNamespace(
+        model=types.SimpleNamespace(load_weights=lambda ws: loaded.extend(n for n, _ in ws))))
+    assert getattr(WeightSyncExtension, method)(worker, weights) == 2 and loaded == ["weight", "bias"]
 
     # a rendered template that already holds the BOS goes in as token ids, so vLLM adds no second BOS
     engine.llm.tokenizer = _bos_adding_tokenizer()
     engine.generate(["<s>a", "<s>b"], SamplingParams())
     ids = [p["prompt_token_ids"] for p in engine.llm.prompts]
     assert [i.count(engine.llm.tokenizer.bos_token_id) for i in ids] == [1, 1]
+
+
+def test_vllm_engine_with_its_own_workers_refuses_weight_updates(fake_vllm):
+    """TP 4 in one process: vLLM starts its own workers; the engine serves a fixed model (judges, evaluation)."""
+    from runner.rollout.vllm import VLLMEngine
+
+    engine = VLLMEngine("some/model", tensor_parallel_size=4)
+    assert "distributed_executor_backend" not in engine.llm.kwargs and engine.tp_group is None
+    with pytest.raises(RuntimeError, match="must divide the number of training processes"):
+        engine.update_weights(torch.nn.Linear(2, 2))
+    assert engine.llm.rpc == []
 
 
 def _bos_adding_tokenizer():

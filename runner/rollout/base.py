@@ -4,6 +4,11 @@ An engine turns a batch of prompts (plain strings, or chat message lists rendere
 chat template) into completions with their token ids and per-token log-probabilities under the
 sampling distribution (temperature and top-k/top-p applied, as vLLM's ``processed_logprobs``), and
 takes new weights from a training model after each update.
+
+Every request (prompt ``i``, copy ``j`` of a call) samples with its own seed, :func:`request_seed` of the
+call's seed and ``(i, j)``: the copies of one prompt (a GRPO group, repeated evaluation samples) differ, and
+a rerun with the same seed gives the same samples whatever the batching. Callers fold the training step into
+``SamplingParams.seed`` (e.g. ``derive_seed(run_seed, stage, step)``).
 """
 
 from __future__ import annotations
@@ -24,7 +29,7 @@ class SamplingParams:
     top_p: float = 1.0
     top_k: int = 0
     n: int = 1
-    seed: int | None = None
+    seed: int | None = None  # the call's seed; each request samples with request_seed(seed, i, j)
     stop: list[str] = field(default_factory=list)
     stop_token_ids: list[int] = field(default_factory=list)  # besides EOS, e.g. a chat template's end-of-turn
 
@@ -60,6 +65,22 @@ class RolloutEngine(Protocol):
     def update_weights(self, model: Any) -> None:
         """Load the current weights of a training model into the engine."""
         ...
+
+
+def call_seed(params: SamplingParams) -> int:
+    """The call's seed: ``params.seed``, or one drawn from the global torch RNG (seeded by the run) if unset."""
+    if params.seed is not None:
+        return int(params.seed)
+    import torch
+
+    return int(torch.randint(0, 2**62, ()).item())
+
+
+def request_seed(seed: int, prompt_index: int, copy_index: int) -> int:
+    """The sampling seed of copy ``copy_index`` of prompt ``prompt_index`` in a call seeded with ``seed``."""
+    from runner.core.seeding import derive_seed
+
+    return derive_seed(seed, "request", prompt_index, copy_index)
 
 
 def truncate_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:

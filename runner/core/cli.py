@@ -253,6 +253,9 @@ def preflight(argv: Sequence[str]) -> None:
         for job in _expand_jobs(user, multirun):
             cfg = _compose_job(job)
             _check_inputs(cfg)
+            from runner.rollout.budget import check_gpu_layout
+
+            check_gpu_layout(cfg)  # vLLM tensor parallelism vs processes, GPU memory of engines + training
             if cfg.run.dir:
                 from runner.core.context import check_resumable
 

@@ -87,6 +87,8 @@ class HardwareConfig:
     max_model_len: int | None = None
     enforce_eager: bool = False
     num_threads: int | None = None  # torch intra-op threads on CPU; null keeps torch's default
+    gpu_memory_gb: float | None = None  # one GPU's memory: preflight checks the run's engines and training fit
+    judge_engine: str | None = None  # engine of LLM judges and guards: null (rollout_engine) | hf | vllm
 
 
 @dataclass
@@ -262,6 +264,8 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"hardware.tensor_parallel_size={tp} must be between 1 and hardware.num_gpus={hw.num_gpus}")
     if not 0.0 < hw.gpu_memory_utilization <= 1.0:
         raise ConfigError(f"hardware.gpu_memory_utilization={hw.gpu_memory_utilization} must be in (0, 1]")
+    if hw.judge_engine is not None and hw.judge_engine not in engines:
+        raise ConfigError(f"bad hardware.judge_engine: '{hw.judge_engine}' (allowed: null, {', '.join(engines)})")
     if model.kind == "hf" and not (model.hf_id or model.path):
         raise ConfigError("model.kind=hf needs model.hf_id or model.path")
     if privacy.epsilon is not None:

@@ -359,7 +359,7 @@ def build_judge(judge_cfg: Any, hardware_cfg: Any = None, world: Any = None, mod
     """The judge named by ``judge_cfg.name`` (registry kind ``judge``).
 
     LLM judges load ``judge_cfg.model`` (or use ``model``/``tokenizer`` if given, e.g. a guard trained in
-    this run) and serve it through the run's rollout engine.
+    this run) and serve it through ``hardware.judge_engine`` (null: the run's rollout engine).
     """
     from runner.core import registry
 
@@ -378,7 +378,7 @@ def build_judge(judge_cfg: Any, hardware_cfg: Any = None, world: Any = None, mod
         from runner.models.builder import build_model_and_tokenizer
 
         model, tokenizer = build_model_and_tokenizer(judge_model_config(judge_cfg), hardware_cfg)
-    engine_name = hardware_cfg.rollout_engine if hardware_cfg is not None else "hf"
+    engine_name = "hf" if hardware_cfg is None else hardware_cfg.get("judge_engine") or hardware_cfg.rollout_engine
     engine = build_engine(engine_name, model, tokenizer, hardware_cfg)
     kw = {"max_new_tokens": judge_cfg.max_new_tokens, "batch_size": judge_cfg.batch_size}
     if cls is LlamaGuardJudge:

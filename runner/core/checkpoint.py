@@ -40,10 +40,11 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
-    def __init__(self, root: Path, keep: int = 2, metrics_path: Path | None = None):
+    def __init__(self, root: Path, keep: int = 2, metrics_path: Path | None = None, read_only: bool = False):
         self.root = Path(root)
         self.keep = keep
         self.metrics_path = metrics_path
+        self.read_only = read_only  # a non-zero rank of a multi-process run: loads rank 0's checkpoints only
 
     def _stage_dir(self, stage: str) -> Path:
         return self.root / stage
@@ -59,6 +60,8 @@ class Checkpointer:
         import torch
 
         d = self._stage_dir(stage)
+        if self.read_only:
+            return d / f"step_{step}.pt"
         d.mkdir(parents=True, exist_ok=True)
         n_metrics = 0
         if self.metrics_path is not None and self.metrics_path.exists():
@@ -85,6 +88,8 @@ class Checkpointer:
         """Record that a stage finished, with its (JSON-serialisable) result, so a resumed run skips it."""
         import json
 
+        if self.read_only:
+            return
         d = self._stage_dir(stage)
         d.mkdir(parents=True, exist_ok=True)
         tmp = d / ".done.tmp"

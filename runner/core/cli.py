@@ -242,16 +242,21 @@ def _compose_job(job: list[str]) -> DictConfig:
         raise
 
 
-def preflight(argv: Sequence[str]) -> None:
-    """Compose and validate every job described by ``argv``; exit 2 with one line on the first bad one."""
+def preflight(argv: Sequence[str]) -> list[DictConfig]:
+    """Compose and validate every job described by ``argv``; exit 2 with one line on the first bad one.
+    Returns the validated configs."""
     if any(a.split("=")[0] in _SKIP_PREFLIGHT for a in argv):
-        return
+        return []
     multirun = any(a in ("-m", "--multirun") for a in argv)
     overrides = [a for a in argv if not a.startswith("-")]
     user = [o for o in overrides if not o.lstrip("+~").startswith("hydra")]
+    cfgs: list[DictConfig] = []
     try:
         for job in _expand_jobs(user, multirun):
             cfg = _compose_job(job)
+            cfgs.append(cfg)
+            if multirun and cfg.hardware.launcher != "none":
+                raise ConfigError("hardware.launcher starts one run's processes; it cannot be combined with -m")
             _check_inputs(cfg)
             from runner.rollout.budget import check_gpu_layout
 
@@ -273,6 +278,7 @@ def preflight(argv: Sequence[str]) -> None:
         from hydra.core.global_hydra import GlobalHydra
 
         GlobalHydra.instance().clear()
+    return cfgs
 
 
 def _check_inputs(cfg: DictConfig) -> None:
@@ -301,13 +307,29 @@ def _quiet_libraries() -> None:
         logging.getLogger(name).setLevel(logging.ERROR)
 
 
+def _maybe_launch(cfg: DictConfig, argv: list[str]) -> None:
+    """With ``hardware.launcher`` set (outside a launched process): start the run's processes, or print the
+    launch line with ``hardware.print_launch``, and exit with their status."""
+    from runner.core.launch import launch_line, needs_launch, relaunch
+
+    if not needs_launch(cfg):
+        return
+    run_dir = cfg.run.dir or f"{cfg.run.output_root}/runs/{_STAMP}_{cfg.run.name}_{_PROCESS_TAG}"
+    if cfg.hardware.print_launch:
+        print(launch_line(cfg, argv, run_dir))
+        sys.exit(0)
+    sys.exit(relaunch(cfg, argv, run_dir))
+
+
 def main(argv: Sequence[str] | None = None) -> None:
     import hydra
 
     _quiet_libraries()
     argv = list(sys.argv[1:] if argv is None else argv)
     register()
-    preflight(argv)
+    cfgs = preflight(argv)
+    if len(cfgs) == 1:
+        _maybe_launch(cfgs[0], argv)
     from runner.core.sweep import pin_sweep_dir
 
     argv = pin_sweep_dir(argv)  # one sweep folder for all jobs, whichever process a launcher runs them in

@@ -87,6 +87,10 @@ class HardwareConfig:
     max_model_len: int | None = None
     enforce_eager: bool = False
     num_threads: int | None = None  # torch intra-op threads on CPU; null keeps torch's default
+    launcher: str = "none"  # none | auto | torchrun | accelerate: nproc data-parallel processes (runner.core.launch)
+    nproc: int | None = None  # processes on this node; null: one per GPU (one on CPU)
+    accelerate_config: str | None = None  # launcher=accelerate: an accelerate config (FSDP / DeepSpeed ZeRO-3)
+    print_launch: bool = False  # print the launch line instead of starting the processes
     gpu_memory_gb: float | None = None  # one GPU's memory: preflight checks the run's engines and training fit
     judge_engine: str | None = None  # engine of LLM judges and guards: null (rollout_engine) | hf | vllm
 
@@ -266,6 +270,9 @@ def validate(cfg: DictConfig) -> DictConfig:
         raise ConfigError(f"hardware.gpu_memory_utilization={hw.gpu_memory_utilization} must be in (0, 1]")
     if hw.judge_engine is not None and hw.judge_engine not in engines:
         raise ConfigError(f"bad hardware.judge_engine: '{hw.judge_engine}' (allowed: null, {', '.join(engines)})")
+    from runner.core.launch import check_launch
+
+    check_launch(bound)
     if model.kind == "hf" and not (model.hf_id or model.path):
         raise ConfigError("model.kind=hf needs model.hf_id or model.path")
     if privacy.epsilon is not None:

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from runner.core import report
+from runner.core import distributed, report
 from runner.core.checkpoint import Checkpointer
 from runner.core.claims import claims_markdown, evaluate_claims
 from runner.core.errors import ConfigError
@@ -35,16 +35,21 @@ def _config_diff(a: Mapping[str, Any], b: Mapping[str, Any]) -> list[str]:
 class RunContext:
     """Run directory, seeded RNGs, metric loggers, checkpointer, progress bars and plots of one run."""
 
-    def __init__(self, cfg: DictConfig, run_dir: Path, resumed: bool, loggers: list[MetricLogger]):
+    def __init__(self, cfg: DictConfig, run_dir: Path, resumed: bool, loggers: list[MetricLogger],
+                 metrics_path: Path | None = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.seed: int = int(cfg.seed)
         self.resumed = resumed
         self._loggers = loggers
-        self.metrics_path = self.dir / "metrics.jsonl"
+        # rank 0 writes the run's files; another rank of a multi-process run keeps only its own metric log and
+        # reads rank 0's checkpoints (the replicas are equal, and every rank logs the same number of records)
+        self.is_main = distributed.is_main()
+        self.metrics_path = Path(metrics_path) if metrics_path is not None else self.dir / "metrics.jsonl"
         self.checkpoints = Checkpointer(self.dir / "checkpoints", keep=cfg.run.checkpoint_keep,
-                                        metrics_path=self.metrics_path)
+                                        metrics_path=self.metrics_path, read_only=not self.is_main)
         self.plots: list[Path] = []
+        self.notes: list[str] = []  # Markdown paragraphs a method adds to summary.md's notes
         self._t0 = time.time()
 
     # ----------------------------------------------------------------- lifecycle
@@ -54,15 +59,23 @@ class RunContext:
         run_dir = Path(run_dir)
         run_dir.mkdir(parents=True, exist_ok=True)
         plain = OmegaConf.to_container(cfg, resolve=True)
-        resumed = check_resumable(cfg, run_dir)
-        if not resumed:
+        distributed.init(cfg.hardware.device)  # a launched multi-process run: join its process group
+        main = distributed.is_main()
+        resumed = check_resumable(cfg, run_dir) if main else False
+        if main and not resumed:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run that failed before a checkpoint
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+        resumed = distributed.broadcast_object(resumed)
+        metrics_path = run_dir / "metrics.jsonl" if main else rank_log(run_dir, distributed.rank())
+        if not resumed:
+            metrics_path.unlink(missing_ok=True)
         _set_threads(cfg)
         seed_everything(int(cfg.seed))
-        loggers: list[MetricLogger] = [JsonlLogger(run_dir / "metrics.jsonl")]
-        loggers += _open_backends(cfg, run_dir, plain)
-        return cls(cfg, run_dir, resumed, loggers)
+        metrics_path.parent.mkdir(parents=True, exist_ok=True)
+        loggers: list[MetricLogger] = [JsonlLogger(metrics_path)]
+        if main:
+            loggers += _open_backends(cfg, run_dir, plain)
+        return cls(cfg, run_dir, resumed, loggers, metrics_path)
 
     def finish(self, results: Mapping[str, Any], notes: str = "") -> dict[str, Any]:
         """Write ``results.json`` (with the recipe's claims judged on it) and ``summary.md``; close the loggers.
@@ -80,9 +93,13 @@ class RunContext:
         holds, info = evaluate_claims(self.cfg.get("claims"), report.jsonable(out))
         if holds:
             out["claims"], out["claims_info"] = holds, info
+        if not self.is_main:
+            self.close()
+            return out
         report.write_json(self.dir / "results.json", out)
         choices = {g: self.cfg[g].name for g in ("algorithm", "model", "dataset", "hardware", "privacy")}
         choices["seed"] = self.seed
+        notes = "\n\n".join(n for n in (*self.notes, notes) if n)
         report.write_summary(self.dir / "summary.md", f"Run {self.cfg.run.name}", results, choices,
                              self.plots, notes, claims=claims_markdown(info) if info else "")
         self.close()
@@ -134,15 +151,22 @@ class RunContext:
     def plot(self, name: str, series: Mapping[str, tuple[Sequence[float], Sequence[float]]], xlabel: str,
              ylabel: str, title: str | None = None, **kw: Any) -> Path:
         """Save a PNG ``<run dir>/<name>.png`` with one curve per series; listed in ``summary.md``."""
+        if not self.is_main:
+            return self.dir / f"{name}.png"
         p = report.plot_curves(self.path(f"{name}.png"), series, xlabel, ylabel, title, **kw)
         if p not in self.plots:
             self.plots.append(p)
         return p
 
     def write_json(self, name: str, data: Mapping[str, Any]) -> Path:
+        if not self.is_main:
+            return self.dir / name
         return report.write_json(self.path(name), data)
 
     def write_jsonl(self, name: str, rows: Iterable[Mapping[str, Any]]) -> Path:
+        p = self.dir / name
+        if not self.is_main:
+            return p
         p = self.path(name)
         with p.open("w", encoding="utf-8") as f:
             for row in rows:
@@ -157,6 +181,11 @@ class RunContext:
         if want == "auto":
             return torch.device("cuda" if torch.cuda.is_available() else "cpu")
         return torch.device(want)
+
+
+def rank_log(run_dir: Path, rank: int) -> Path:
+    """The private metric log of a non-zero rank of a multi-process run."""
+    return Path(run_dir) / "ranks" / f"rank{rank}" / "metrics.jsonl"
 
 
 def check_resumable(cfg: DictConfig, run_dir: Path) -> bool:

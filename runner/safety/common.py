@@ -13,6 +13,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.core import distributed
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
 from runner.data.safety import SafetyRecord, load_benchmark_sets
@@ -119,7 +120,9 @@ def save_for_engine(model: Any, tok: Any, ctx: RunContext, name: str, always: bo
     if ctx.cfg.hardware.rollout_engine == "hf" and not always:
         return
     path = ctx.path(name)
-    model.save_pretrained(path)
-    tok.save_pretrained(path)
+    if ctx.is_main:  # rank 0 writes; the other ranks of a multi-process run wait for the files
+        model.save_pretrained(path)
+        tok.save_pretrained(path)
+    distributed.barrier()
     model.name_or_path = str(path)
     model.config._name_or_path = str(path)

@@ -23,9 +23,12 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.core import distributed
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
+from runner.core.launch import launcher, num_processes
 from runner.data.safety import SafetyRecord
+from runner.models.lora import LoRAConfig, check_lora, lora_parameter_count, merged_model, peft_config
 from runner.safety.common import (
     EvalConfig,
     WarmStartConfig,
@@ -70,11 +73,17 @@ class SafetyRLConfig:
     warm_start: WarmStartConfig = field(default_factory=WarmStartConfig)
     grpo: GRPOSettings = field(default_factory=GRPOSettings)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # train a LoRA adapter (TRL peft_config), not every weight
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
         check_common(cfg)
+        check_lora(cfg.algorithm.lora)
         g = cfg.algorithm.grpo
+        n_proc = num_processes(cfg.hardware) if launcher(cfg) != "none" else 1
+        if g.prompts_per_step % n_proc:
+            raise ConfigError(f"algorithm.grpo.prompts_per_step={g.prompts_per_step} must be a multiple of the "
+                              f"number of processes ({n_proc}): each takes an equal share of the batch")
         for key in ("steps", "prompts_per_step", "logging_steps", "checkpoint_every", "max_completion_length"):
             if g[key] < 1:
                 raise ConfigError(f"algorithm.grpo.{key}={g[key]} must be >= 1")
@@ -138,7 +147,8 @@ def grpo_args(cfg: DictConfig, ctx: RunContext) -> Any:
               "vllm_tensor_parallel_size": hw.tensor_parallel_size}
     return GRPOConfig(
         output_dir=str(ctx.path("grpo")), use_cpu=not on_gpu, bf16=on_gpu and hw.dtype == "bfloat16",
-        report_to=[], max_steps=g.steps, per_device_train_batch_size=g.prompts_per_step * g.num_generations,
+        report_to=[], max_steps=g.steps,
+        per_device_train_batch_size=g.prompts_per_step * g.num_generations // distributed.world_size(),
         num_generations=g.num_generations, max_completion_length=g.max_completion_length,
         learning_rate=g.learning_rate, lr_scheduler_type="constant_with_warmup", warmup_steps=g.warmup_steps,
         beta=g.beta, epsilon=g.epsilon, temperature=g.temperature, loss_type=g.loss_type,
@@ -168,20 +178,22 @@ def train_grpo(cfg: DictConfig, ctx: RunContext, model: Any, tok: Any, train_rec
     from datasets import Dataset
     from transformers.trainer_callback import PrinterCallback
 
-    from runner.safety.trl_grpo import RunDirGRPOTrainer, resume_point
+    from runner.safety.trl_grpo import ReplicaDigest, RunDirGRPOTrainer, finished_policy, resume_point
 
     prompts = balance_prompts(train_records, cfg.algorithm.grpo.harmful_fraction, ctx.seed)
     rows = [{"prompt": chat_messages(r.prompt, cfg.algorithm.system_prompt), "harmful": r.harmful} for r in prompts]
     args = grpo_args(cfg, ctx)
     resume, step = resume_point(args.output_dir, ctx.metrics_path)
+    lora = cfg.algorithm.lora.enabled
     if resume is not None and step >= args.max_steps:  # finished before the run was stopped: its final weights
-        return type(model).from_pretrained(resume, dtype=model.dtype).to(model.device)
+        return finished_policy(model, resume, lora)
     trainer = RunDirGRPOTrainer(model=model, reward_funcs=judge_reward_fn(judge), args=args,
                                 train_dataset=Dataset.from_list(rows), processing_class=tok,
-                                callbacks=[_log_callback(ctx)], metrics_path=ctx.metrics_path)
+                                callbacks=[_log_callback(ctx), ReplicaDigest(ctx.log)], metrics_path=ctx.metrics_path,
+                                peft_config=peft_config(cfg.algorithm.lora))
     trainer.remove_callback(PrinterCallback)  # metrics go to the run's loggers instead of stdout
     trainer.train(resume_from_checkpoint=resume)
-    return trainer.model
+    return merged_model(trainer.model)  # LoRA: the adapter merged into the policy the engines serve
 
 
 def evaluate_policy(cfg: DictConfig, ctx: RunContext, engine: Any, eval_sets: dict, judge: Any, tag: str) -> dict:
@@ -202,6 +214,8 @@ def run_safety_rl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     sets = prompt_sets(cfg.dataset, ctx.seed)
     model, tok = build_policy(cfg, ctx, sets)
     judge = build_judge(a.judge, cfg.hardware, world=sets.world)
+    lora_info = ({"lora": {"trainable": lora_parameter_count(model, a.lora),
+                           "base": sum(p.numel() for p in model.parameters())}} if a.lora.enabled else {})
 
     # a warm-started tiny policy exists only in memory: save it for vLLM and for TRL's reference model
     save_for_engine(model, tok, ctx, "policy_base", always=cfg.model.kind == "tiny")
@@ -226,5 +240,5 @@ def run_safety_rl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "labels": {"base": base["labels"], "trained": trained["labels"]},
         "grpo": {"steps": a.grpo.steps, "final_reward": rewards[-1][1] if rewards else None,
                  "first_reward": rewards[0][1] if rewards else None},
-        "judge": a.judge.name,
+        "judge": a.judge.name, **lora_info,
     }

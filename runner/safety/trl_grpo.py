@@ -12,6 +12,11 @@ and the step. Three things it leaves out decide what a resumed GRPO run does nex
 - **Completeness.** That record is written last, so a checkpoint without it (a kill during the save) is
   never resumed from; ``save_total_limit=2`` keeps the previous complete one until then.
 
+With ``algorithm.lora`` the trainer gets a PEFT config: it trains the adapter, takes the base with the adapter
+disabled as the KL reference, and checkpoints the adapter (:func:`finished_policy` reloads it). Launched with
+several processes (:mod:`runner.core.launch`), TRL runs data-parallel through accelerate; rank 0 prepares the
+output folder and writes the markers, and :class:`ReplicaDigest` logs each rank's parameter digest.
+
 Imported lazily: it imports TRL at module level.
 """
 
@@ -22,11 +27,12 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+from transformers import TrainerCallback
 from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
 from trl import GRPOTrainer
 from trl.trainer.utils import RepeatSampler
 
-from runner.core import report
+from runner.core import distributed, report
 from runner.core.logging import JsonlLogger
 
 MARKER = "runner_checkpoint.json"  # written last into a checkpoint folder: it is complete
@@ -56,6 +62,8 @@ class RunDirGRPOTrainer(GRPOTrainer):
 
     def _save_checkpoint(self, model: Any, trial: Any) -> None:
         super()._save_checkpoint(model, trial)
+        if not self.args.should_save:  # rank 0 writes the marker, after its part of the checkpoint
+            return
         folder = Path(self._get_output_dir(trial=trial)) / f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
         report.write_json(folder / MARKER, {"step": self.state.global_step,
                                             "n_metric_records": _n_records(self.metrics_path)})
@@ -77,6 +85,19 @@ def resume_point(output_dir: Path, metrics_path: Path) -> tuple[str | None, int]
     first started, and that position is recorded for a later restart.
     """
     output_dir = Path(output_dir)
+    if not distributed.is_main():  # rank 0 prepares the folder and the log; the others follow its choice
+        distributed.barrier()
+        resume, step = distributed.broadcast_object((None, 0))
+        mark = Path(resume) / MARKER if resume is not None else output_dir / START
+        if mark.exists():  # every rank logs the same records, so rank 0's count rewinds this rank's log too
+            JsonlLogger.truncate(metrics_path, int(json.loads(mark.read_text())["n_metric_records"]))
+        return resume, step
+    resume, step = _prepare(output_dir, metrics_path)
+    distributed.barrier()
+    return distributed.broadcast_object((resume, step))
+
+
+def _prepare(output_dir: Path, metrics_path: Path) -> tuple[str | None, int]:
     output_dir.mkdir(parents=True, exist_ok=True)
     folders = sorted((p for p in output_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*") if p.is_dir()), key=_checkpoint_step)
     complete = [p for p in folders if (p / MARKER).exists()]
@@ -93,3 +114,26 @@ def resume_point(output_dir: Path, metrics_path: Path) -> tuple[str | None, int]
     else:
         report.write_json(start, {"n_metric_records": _n_records(metrics_path)})
     return None, 0
+
+
+def finished_policy(model: Any, checkpoint: str, lora: bool) -> Any:
+    """The final policy of a GRPO run that had finished before the run was stopped: the checkpoint's weights,
+    or (LoRA) its adapter merged into ``model``."""
+    if lora:
+        from peft import PeftModel
+
+        return PeftModel.from_pretrained(model, checkpoint).merge_and_unload()
+    return type(model).from_pretrained(checkpoint, dtype=model.dtype).to(model.device)
+
+
+class ReplicaDigest(TrainerCallback):
+    """In a data-parallel run, log each rank's parameter digest after every step (to its own metric log): equal
+    digests show that the replicas stayed identical."""
+
+    def __init__(self, log: Any):
+        self.log = log
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if distributed.world_size() > 1 and model is not None:
+            params = [p for p in model.parameters() if p.requires_grad]
+            self.log({"param_digest": distributed.parameter_digest(params)}, state.global_step, "grpo_replica")

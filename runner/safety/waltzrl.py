@@ -35,7 +35,6 @@ to carry over to the held-out templates.
 
 from __future__ import annotations
 
-import copy
 import random
 import time
 from collections.abc import Sequence
@@ -49,6 +48,7 @@ from runner.core.errors import ConfigError
 from runner.core.seeding import derive_seed
 from runner.data.safety import SafetyRecord
 from runner.guard.metrics import binary_metrics
+from runner.models.lora import LoRAConfig, SharedAdapters, adapter_engine, check_lora, copy_policy, is_adapter
 from runner.safety.common import EvalConfig, WarmStartConfig, check_common, prompt_sets, save_for_engine
 from runner.safety.evaluate import DEFAULT_REFUSAL, evaluate, guarded_system, pareto_plot, write_responses
 from runner.safety.judges import Judge, JudgeConfig, build_judge
@@ -137,6 +137,7 @@ class WaltzRLConfig:
     feedback_warm_start: FeedbackWarmStartConfig = field(default_factory=FeedbackWarmStartConfig)
     baselines: BaselinesConfig = field(default_factory=BaselinesConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
+    lora: LoRAConfig = field(default_factory=LoRAConfig)  # both agents as adapters of one frozen base
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
@@ -181,6 +182,7 @@ class WaltzRLConfig:
                            ("warm_start.follow_feedback", a.warm_start.follow_feedback)):
             if not 0 <= value <= 1:
                 raise ConfigError(f"algorithm.{key}={value} must be in [0, 1]")
+        check_lora(a.lora)
         _validate_baselines(cfg)
 
 
@@ -271,6 +273,8 @@ def summarise(metrics: dict[str, Any], labels: dict[str, Any] | None = None) -> 
 def _engine(cfg: DictConfig, ctx: RunContext, model: Any, tok: Any, name: str) -> Any:
     from runner.rollout import build_engine
 
+    if is_adapter(model):  # one engine serves every adapter of the shared base
+        return adapter_engine(model, tok, cfg.hardware, ctx, batch_size=cfg.algorithm.eval.batch_size)
     save_for_engine(model, tok, ctx, name)
     return build_engine(cfg.hardware.rollout_engine, model, tok, cfg.hardware, seed=ctx.seed,
                         batch_size=cfg.algorithm.eval.batch_size)
@@ -307,8 +311,7 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     guard_check = ({"base+guard": guard_quality(guards["base+guard"], sets.world)}
                    if isinstance(guards["base+guard"], LearnedGuard) else {})
     ctx.write_json("guard_test.json", guard_check)  # the guard's own held-out check, readable during the run
-    conv_model, tok = build_agent(cfg, ctx, sets, "conversation")
-    fb_model, _ = build_agent(cfg, ctx, sets, "feedback")
+    conv_model, fb_model, tok, lora_info = _build_agents(cfg, ctx, sets)
     pad_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id
     ag = Agents(conv_model, fb_model, _engine(cfg, ctx, conv_model, tok, "conversation_init"),
                 _engine(cfg, ctx, fb_model, tok, "feedback_init"), a.protocol, tok)
@@ -347,7 +350,7 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     steps_single = a.train.stage1_steps + a.train.stage2_steps if steps_single is None else steps_single
     if steps_single > 0:
         t1 = time.perf_counter()
-        single = copy.deepcopy(conv_model)
+        single = copy_policy(conv_model, "single_model_rl")
         single_engine = _engine(cfg, ctx, single, tok, "single_model_rl_init")
         train_single_model_rl(cfg, ctx, ag, single, single_engine, sets.train, judge, steps_single, pad_id)
         res = evaluate(single_agent_system(ag.conversation(e.temperature, e.top_p, eval_seed, single_engine),
@@ -385,7 +388,24 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
             "training": _curves_and_plots(ctx, systems, a.train.stage1_steps),
             "timing": timing, "judge": a.judge.name,
             "guard": a.baselines.guard.name, "guard_test": guard_check,
-            "upper_bound": ["base+oracle_guard"] if a.baselines.oracle_guard else []}
+            "upper_bound": ["base+oracle_guard"] if a.baselines.oracle_guard else [], **lora_info}
+
+
+def _build_agents(cfg: DictConfig, ctx: RunContext, sets: Any) -> tuple[Any, Any, Any, dict[str, Any]]:
+    """(π_c, π_f, tokenizer, results entry): two full models, or with ``algorithm.lora`` two adapters of one
+    frozen base (one copy of the weights), each warm-started (tiny models) through its own adapter."""
+    if not cfg.algorithm.lora.enabled:
+        conv_model, tok = build_agent(cfg, ctx, sets, "conversation")
+        fb_model, _ = build_agent(cfg, ctx, sets, "feedback")
+        return conv_model, fb_model, tok, {}
+    from runner.models.builder import build_model_and_tokenizer
+
+    base, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
+    save_for_engine(base, tok, ctx, "base")  # vLLM serves the saved base and each adapter as a LoRA request
+    shared = SharedAdapters(base, cfg.algorithm.lora, ["conversation", "feedback"])
+    conv_model, _ = build_agent(cfg, ctx, sets, "conversation", model=shared.view("conversation"))
+    fb_model, _ = build_agent(cfg, ctx, sets, "feedback", model=shared.view("feedback"))
+    return conv_model, fb_model, tok, {"lora": shared.counts()}
 
 
 def _curves_and_plots(ctx: RunContext, systems: dict[str, dict[str, Any]], stage1_steps: int) -> dict[str, Any]:

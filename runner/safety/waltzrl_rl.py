@@ -21,13 +21,15 @@ sampled from. The trainer owns its AdamW optimiser and reference model, and roun
 
 from __future__ import annotations
 
-import copy
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+
+from runner.core import distributed
+from runner.models.lora import frozen_reference, reference_policy
 
 
 @dataclass
@@ -99,9 +101,10 @@ def reinforce_pp_advantages(rewards: torch.Tensor, kl: torch.Tensor, mask: torch
     last = (mask.cumsum(-1) == mask.sum(-1, keepdim=True)) & (mask > 0)  # the last completion token
     token_r = token_r + last.float() * rewards.unsqueeze(-1)
     returns = token_r.flip(-1).cumsum(-1).flip(-1) * mask
-    n = mask.sum().clamp_min(1.0)
-    mean = returns.sum() / n
-    var = (((returns - mean) * mask) ** 2).sum() / n
+    # the batch is global: in a data-parallel run the sums run over every rank's completion tokens
+    n = distributed.all_reduce_sum(mask.sum()).clamp_min(1.0)
+    mean = distributed.all_reduce_sum(returns.sum()) / n
+    var = distributed.all_reduce_sum((((returns - mean) * mask) ** 2).sum()) / n
     return (returns - mean) / (var.sqrt() + eps) * mask
 
 
@@ -118,13 +121,16 @@ def clipped_surrogate(new_logp: torch.Tensor, old_logp: torch.Tensor, adv: torch
 
 
 class PolicyTrainer:
-    """One agent's learner: current policy, frozen reference copy, AdamW, REINFORCE++/PPO step."""
+    """One agent's learner: current policy, frozen reference, AdamW, REINFORCE++/PPO step.
+
+    With a LoRA adapter view (:class:`runner.models.lora.AdapterModel`) only the adapter is trained and the
+    reference is the shared base with the adapter off (no copy); a full model keeps a frozen deep copy. In a
+    data-parallel run each rank steps on its share of the batch and gradients are summed over ranks.
+    """
 
     def __init__(self, model: Any, pad_id: int, cfg: RLConfig, seed: int = 0):
         self.model = model
-        self.ref = copy.deepcopy(model).eval()
-        for p in self.ref.parameters():
-            p.requires_grad_(False)
+        self.ref = frozen_reference(model)
         self.pad_id = pad_id
         self.cfg = cfg
         self.opt = torch.optim.AdamW(model.parameters(), lr=cfg.learning_rate, weight_decay=cfg.weight_decay)
@@ -133,8 +139,13 @@ class PolicyTrainer:
     def step(self, samples: Sequence[Sample]) -> dict[str, float]:
         """One REINFORCE++ update on ``samples``; returns loss, KL, clip fraction and reward statistics."""
         samples = [s for s in samples if s.completion_ids]
-        if not samples:
+        if not distributed.active():
+            if not samples:
+                return {}
+        elif not distributed.all_reduce_max(len(samples)):
             return {}
+        elif not samples:
+            return self._idle_step()
         c = self.cfg
         device = next(self.model.parameters()).device
         ids, attn, mask = _batch(samples, self.pad_id, device)
@@ -144,30 +155,62 @@ class PolicyTrainer:
         self.model.eval()  # no dropout in scoring; tiny Llama has none, HF models may
         with torch.no_grad():
             old = token_logprobs(self.model, ids, attn, c.temperature)
-            ref = token_logprobs(self.ref, ids, attn, c.temperature)
+            with reference_policy(self.model, self.ref) as ref_model:
+                ref = token_logprobs(ref_model, ids, attn, c.temperature)
         kl = (old - ref) * mask
         adv = reinforce_pp_advantages(rewards, kl, mask, c.beta)
         self.model.train()
         losses, fracs = [], []
         order = list(range(len(samples)))
+        n_minibatches = distributed.all_reduce_max(-(-len(order) // c.minibatch_size))  # equal on every rank
         for _ in range(c.ppo_epochs):
             self.rng.shuffle(order)
-            for start in range(0, len(order), c.minibatch_size):
-                idx = torch.tensor(order[start:start + c.minibatch_size], device=device)
-                new = token_logprobs(self.model, ids[idx], attn[idx], c.temperature)
-                loss, frac = clipped_surrogate(new, old[idx], adv[idx], mask[idx], c.clip_eps)
+            for k in range(n_minibatches):
+                idx = torch.tensor(order[k * c.minibatch_size:(k + 1) * c.minibatch_size], device=device,
+                                   dtype=torch.long)
                 self.opt.zero_grad(set_to_none=True)
-                loss.backward()
-                torch.nn.utils.clip_grad_norm_(self.model.parameters(), c.max_grad_norm)
-                self.opt.step()
-                losses.append(loss.item())
-                fracs.append(frac.item())
+                if len(idx):
+                    new = token_logprobs(self.model, ids[idx], attn[idx], c.temperature)
+                    loss, frac = clipped_surrogate(new, old[idx], adv[idx], mask[idx], c.clip_eps)
+                    losses.append(loss.item())
+                    fracs.append(frac.item())
+                    if distributed.active():  # token mean over the global minibatch, summed over ranks below
+                        n_local = mask[idx].sum()
+                        loss = loss * n_local.clamp_min(1.0) / distributed.all_reduce_sum(n_local).clamp_min(1.0)
+                    loss.backward()
+                elif distributed.active():
+                    distributed.all_reduce_sum(torch.zeros(()))  # this rank has no tokens in the minibatch
+                self._apply_gradients()
         self.model.eval()
         n_tok = mask.sum().clamp_min(1.0)
-        return {"loss": sum(losses) / len(losses), "clip_frac": sum(fracs) / len(fracs),
-                "kl": (kl.sum() / n_tok).item(), "reward": sum(raw) / len(raw), "samples": float(len(samples))}
+        out = {"loss": sum(losses) / max(1, len(losses)), "clip_frac": sum(fracs) / max(1, len(fracs)),
+               "kl": (kl.sum() / n_tok).item(), "reward": sum(raw) / len(raw), "samples": float(len(samples))}
+        if distributed.active():
+            out["param_digest"] = distributed.parameter_digest(self.model.parameters())
+        return out
+
+    def _apply_gradients(self) -> None:
+        """Sum gradients over ranks (a no-op in one process), clip, and step the optimiser."""
+        distributed.all_reduce_grads(self.model.parameters())
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.max_grad_norm)
+        self.opt.step()
+
+    def _idle_step(self) -> dict[str, float]:
+        """A rank without samples in a data-parallel step: join every collective of :meth:`step` with zeros."""
+        c = self.cfg
+        for _ in range(3):  # the advantage normaliser's three sums
+            distributed.all_reduce_sum(torch.zeros(()))
+        n_minibatches = distributed.all_reduce_max(0)
+        self.model.train()
+        for _ in range(c.ppo_epochs * n_minibatches):
+            self.opt.zero_grad(set_to_none=True)
+            distributed.all_reduce_sum(torch.zeros(()))
+            self._apply_gradients()
+        self.model.eval()
+        return {"samples": 0.0, "param_digest": distributed.parameter_digest(self.model.parameters())}
 
     def state_dict(self) -> dict[str, Any]:
+        """Weights (the adapter alone for a LoRA view), AdamW state and the shuffling RNG."""
         return {"model": self.model.state_dict(), "optimizer": self.opt.state_dict(), "rng": self.rng.getstate()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:

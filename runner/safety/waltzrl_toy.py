@@ -141,15 +141,19 @@ def conversation_corpus(world: ToySafetyWorld, tok: Any, n: int, seed: int, mix:
     return out
 
 
-def build_agent(cfg: DictConfig, ctx: RunContext, sets: PromptSets, role: str) -> tuple[Any, Any]:
-    """One agent's model: tiny_lm warm-started on its toy corpus (resumable), or the HF model as it is."""
-    from runner.models.builder import build_model_and_tokenizer
+def build_agent(cfg: DictConfig, ctx: RunContext, sets: PromptSets, role: str, model: Any = None) -> tuple[Any, Any]:
+    """One agent's model: tiny_lm warm-started on its toy corpus (resumable), or the HF model as it is.
+    ``model``: warm-start this model (a LoRA adapter view on a shared base) instead of building one."""
+    from runner.models.builder import build_model_and_tokenizer, build_tokenizer
     from runner.models.finetune import finetune, token_stream
 
     a = cfg.algorithm
     key = "warm_start" if role == "conversation" else "feedback_warm_start"
     ws = a[key]
-    model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
+    if model is None:
+        model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
+    else:
+        tok = build_tokenizer(cfg.model)
     if ws.steps <= 0:
         return model, tok
     if sets.world is None:

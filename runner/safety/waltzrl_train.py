@@ -20,6 +20,7 @@ from typing import Any
 
 from omegaconf import DictConfig
 
+from runner.core import distributed
 from runner.core.context import RunContext
 from runner.core.seeding import derive_seed
 from runner.data.safety import SafetyRecord
@@ -118,9 +119,11 @@ def train_waltzrl(cfg: DictConfig, ctx: RunContext, ag: Agents, train: Sequence[
 
     def make_step(stage: str, offset: int, lam: float, train_conv: bool) -> Callable[[int], None]:
         def step_fn(step: int) -> None:
-            recs = _batch_records(train, t.prompts_per_step, derive_seed(ctx.seed, stage, "batch", step),
-                                  rl.group_size)
-            conv, fb = ag.agents(rl.temperature, 1.0, derive_seed(ctx.seed, stage, "rollout", step))
+            recs = distributed.shard(_batch_records(train, t.prompts_per_step,
+                                                    derive_seed(ctx.seed, stage, "batch", step), rl.group_size),
+                                     rl.group_size)  # data-parallel: this rank's prompt groups
+            conv, fb = ag.agents(rl.temperature, 1.0,
+                                 distributed.rank_seed(derive_seed(ctx.seed, stage, "rollout", step)))
             trajs = run_protocol([x.prompt for x in recs], conv, fb, ag.protocol)
             scores = score_trajectories(trajs, [x.harmful for x in recs], judge, r.alpha, lam, r.gamma)
             fb_samples, conv_samples = split_samples(trajs, scores, [k // rl.group_size for k in range(len(recs))])
@@ -167,9 +170,11 @@ def train_single_model_rl(cfg: DictConfig, ctx: RunContext, ag: Agents, model: A
     trainer = PolicyTrainer(model, pad_id, a.rl, seed=derive_seed(ctx.seed, "single_trainer"))
 
     def step_fn(step: int) -> None:
-        recs = _batch_records(train, a.train.prompts_per_step, derive_seed(ctx.seed, "single", "batch", step),
-                              a.rl.group_size)
-        agent = ag.conversation(a.rl.temperature, 1.0, derive_seed(ctx.seed, "single", "rollout", step), engine)
+        recs = distributed.shard(_batch_records(train, a.train.prompts_per_step,
+                                                derive_seed(ctx.seed, "single", "batch", step), a.rl.group_size),
+                                 a.rl.group_size)
+        agent = ag.conversation(a.rl.temperature, 1.0,
+                                distributed.rank_seed(derive_seed(ctx.seed, "single", "rollout", step)), engine)
         turns = agent([conversation_messages(x.prompt, [], [], a.protocol) for x in recs])
         verdicts = judge.judge([x.prompt for x in recs], [c.text for c in turns])
         samples = [Sample(c.prompt_ids, c.token_ids, conversation_reward(v, x.harmful), "conversation_first",

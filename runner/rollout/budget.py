@@ -172,7 +172,7 @@ def plan(cfg: Any) -> Plan | None:
     b = BYTES[hw.dtype]
     trained, policy_engines, beta = _policies(cfg)
     lora = lora_of(a)
-    arch = model_arch(cfg.model)
+    arch = model_arch(cfg.model) if trained or policy_engines else Arch(0, 0, 0, 1, 1, 0)  # no LM policy: no size
     p = arch.num_params()
     tp = hw.tensor_parallel_size
     judge_engine = hw.get("judge_engine") or hw.rollout_engine

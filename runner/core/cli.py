@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import CONF_DIR, RECIPES_DIR
 from runner.core import registry
-from runner.core.config import apply_smoke, available_recipes, validate
+from runner.core.config import apply_private, apply_smoke, available_recipes, validate
 from runner.core.errors import ConfigError
 
 _PROCESS_TAG = secrets.token_hex(3)
@@ -104,7 +104,7 @@ def prepare(cfg: DictConfig) -> DictConfig:
     if cfg.get("run") is not None and cfg.run.get("name") is None:
         with _open_struct(cfg):
             cfg.run.name = choices.get("recipe") or "run"
-    cfg = apply_smoke(cfg, explicit)
+    cfg = apply_smoke(apply_private(cfg, explicit), explicit)
     return validate(cfg)
 
 

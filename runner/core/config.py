@@ -32,6 +32,7 @@ class RunConfig:
     resume: str = "auto"  # auto: continue from the last checkpoint if the directory has one; never: refuse
     smoke: bool = False  # apply the recipe's ``smoke_overrides`` (small sizes for CI)
     smoke_overrides: dict[str, Any] = field(default_factory=dict)
+    private_overrides: dict[str, Any] = field(default_factory=dict)  # applied when privacy.epsilon is set
     checkpoint_keep: int = 2
     progress: bool = True
 
@@ -294,6 +295,22 @@ def validate(cfg: DictConfig) -> DictConfig:
     if callable(algo_check):
         algo_check(bound)
     return bound
+
+
+def apply_private(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset()) -> DictConfig:
+    """If the ``privacy`` group sets a budget, apply the recipe's ``run.private_overrides`` (dotted keys → values):
+    the setting a recipe needs under DP (e.g. a larger population). Keys in ``explicit`` keep the user's value."""
+    run, privacy = cfg.get("run"), cfg.get("privacy")
+    if not run or not privacy or privacy.get("epsilon") is None:
+        return cfg
+    for key, value in (run.get("private_overrides") or {}).items():
+        if key in explicit:
+            continue
+        try:
+            OmegaConf.update(cfg, key, value, merge=True, force_add=False)
+        except OmegaConfBaseException:
+            raise ConfigError(f"run.private_overrides names unknown key {key}") from None
+    return cfg
 
 
 def apply_smoke(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset()) -> DictConfig:

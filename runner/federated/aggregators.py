@@ -10,6 +10,10 @@ downloaded version t - τ reports Δ = x_local - x_{t-τ}; s(τ) is the stalenes
   x ← (1 - α_t) x + α_t (x_{t-τ} + Δ).
 - FedBuff: Δ̄ ← Δ̄ + s(τ) Δ for each report; after K reports x ← ServerOpt(x, -Δ̄ / K) and the buffer empties.
 Async modes keep C clients training: a new one starts whenever one reports or fails.
+
+Private modes (``agg``, a :class:`runner.federated.private.PrivateAggregation`): the same steps, but each
+report goes into ``agg`` (clipped on the client, securely summed) and Δ̄ = ``agg.release()`` is the noised sum
+over the fixed denominator (DP-FedAvg / DP-FedBuff); without ``agg`` the modes compute the plain mean below.
 """
 
 from __future__ import annotations
@@ -62,12 +66,17 @@ def _concurrency(cfg: Any, sim: Simulator) -> int:
     return int(cfg.concurrency or sim.cfg.concurrency)
 
 
+def round_goal(concurrency: int, over_selection: float) -> int:
+    """Reports that close a synchronous round: ⌈C / (1 + over_selection)⌉."""
+    return max(1, math.ceil(concurrency / (1.0 + over_selection)))
+
+
 # --------------------------------------------------------------------------- FedAvg / FedAvgM (synchronous)
 class FedAvgServer:
     """Synchronous rounds with over-selection; the round closes at its goal, a timeout, or when nobody is left."""
 
-    def __init__(self, cfg: Any, x0: torch.Tensor):
-        self.cfg, self.opt = cfg, ServerOptimizer(x0, cfg)
+    def __init__(self, cfg: Any, x0: torch.Tensor, agg: Any = None):
+        self.cfg, self.opt, self.agg = cfg, ServerOptimizer(x0, cfg), agg
         self.round, self.goal, self.cutoff = 0, 0, math.inf
         self.reports: list[tuple[Task, torch.Tensor]] = []
 
@@ -77,9 +86,11 @@ class FedAvgServer:
     def _new_round(self, sim: Simulator) -> None:
         self.round += 1
         c = _concurrency(self.cfg, sim)
-        self.goal = max(1, math.ceil(c / (1.0 + self.cfg.over_selection)))
+        self.goal = round_goal(c, self.cfg.over_selection)
         self.reports = []
-        tasks = [sim.dispatch(round=self.round) for _ in range(c)]
+        tasks = [sim.dispatch(round=self.round, **(self.agg.overhead if self.agg else {})) for _ in range(c)]
+        if self.agg is not None:
+            self.agg.open([t.cid for t in tasks])
         finishes = sorted(t.finish for t in tasks if t.drop_at is None)
         # only the first `goal` reporters will be used: train nobody beyond them (stragglers get cancelled)
         self.cutoff = finishes[self.goal - 1] if len(finishes) >= self.goal else math.inf
@@ -90,6 +101,9 @@ class FedAvgServer:
         return task.round == self.round and task.finish <= self.cutoff
 
     def on_update(self, sim: Simulator, task: Task, delta: torch.Tensor) -> None:
+        if self.agg is not None:
+            self.agg.add(task.cid, delta)
+            delta = delta[:0]  # the server keeps no plaintext update
         self.reports.append((task, delta))
         sim.record_staleness(sim.version - task.version)
         if len(self.reports) >= self.goal or not sim.in_flight:
@@ -106,23 +120,32 @@ class FedAvgServer:
     def _close(self, sim: Simulator) -> None:
         for straggler in list(sim.in_flight.values()):
             sim.cancel(straggler)
-        if self.reports:
+        if self.agg is not None:
+            delta_bar = self.agg.release(sim) if self.reports else None
+            if delta_bar is not None:
+                sim.step(self.opt.step(sim.x, delta_bar))
+        elif self.reports:
             w = torch.tensor([float(t.examples) if self.cfg.weighting == "examples" else 1.0 for t, _ in self.reports])
             delta_bar = (w[:, None] * torch.stack([d for _, d in self.reports])).sum(0) / w.sum()
             sim.step(self.opt.step(sim.x, delta_bar))
-        self._new_round(sim)
+        if not sim.halted:
+            self._new_round(sim)
 
 
 # --------------------------------------------------------------------------- asynchronous modes
 class _AsyncServer:
     """Keeps C clients training; drops reports staler than ``max_staleness``."""
 
-    def __init__(self, cfg: Any):
-        self.cfg = cfg
+    def __init__(self, cfg: Any, agg: Any = None):
+        self.cfg, self.agg = cfg, agg
+
+    def dispatch(self, sim: Simulator) -> None:
+        if not sim.halted:
+            sim.dispatch(**(self.agg.overhead if self.agg else {}))
 
     def start(self, sim: Simulator) -> None:
         for _ in range(_concurrency(self.cfg, sim)):
-            sim.dispatch()
+            self.dispatch(sim)
 
     def trainable(self, task: Task) -> bool:
         return True
@@ -131,7 +154,7 @@ class _AsyncServer:
         pass
 
     def on_failure(self, sim: Simulator, task: Task) -> None:
-        sim.dispatch()
+        self.dispatch(sim)
 
     def on_update(self, sim: Simulator, task: Task, delta: torch.Tensor) -> None:
         tau = sim.version - task.version
@@ -140,7 +163,7 @@ class _AsyncServer:
         else:
             sim.record_staleness(tau)
             self.aggregate(sim, task, delta, tau)
-        sim.dispatch()
+        self.dispatch(sim)
 
     def s(self, tau: int) -> float:
         return staleness_weight(tau, self.cfg.staleness, self.cfg.staleness_a, self.cfg.staleness_b)
@@ -153,6 +176,11 @@ class FedAsyncServer(_AsyncServer):
     """x ← (1 - α s(τ)) x + α s(τ) (x_{t-τ} + Δ), one server step per report."""
 
     def aggregate(self, sim: Simulator, task: Task, delta: torch.Tensor, tau: int) -> None:
+        if self.agg is not None:  # DP: Δ̃ = clip(Δ) + N(0, (zS)² I), released on its own (a step of one client)
+            self.agg.add(task.cid, delta)
+            delta = self.agg.release(sim)
+            if delta is None:
+                return
         alpha_t = self.cfg.mixing * self.s(tau)
         sim.step((1.0 - alpha_t) * sim.x + alpha_t * (task.base + delta))
 
@@ -160,14 +188,21 @@ class FedAsyncServer(_AsyncServer):
 class FedBuffServer(_AsyncServer):
     """Buffer s(τ)·Δ; every K reports step the server optimiser with Δ̄ / K."""
 
-    def __init__(self, cfg: Any, x0: torch.Tensor):
-        super().__init__(cfg)
+    def __init__(self, cfg: Any, x0: torch.Tensor, agg: Any = None):
+        super().__init__(cfg, agg)
         self.opt = ServerOptimizer(x0, cfg)
         self.buffer = torch.zeros_like(x0)
         self.weight = 0.0
         self.count = 0
 
     def aggregate(self, sim: Simulator, task: Task, delta: torch.Tensor, tau: int) -> None:
+        if self.agg is not None:  # DP-FedBuff / secure buffer: s(τ)·clip(Δ) into the private sum, noise once per K
+            self.agg.add(task.cid, delta, self.s(tau))
+            if self.agg.count == self.cfg.buffer_size:
+                delta_bar = self.agg.release(sim)
+                if delta_bar is not None:
+                    sim.step(self.opt.step(sim.x, delta_bar))
+            return
         w = float(task.examples) if self.cfg.weighting == "examples" else 1.0
         self.buffer += w * self.s(tau) * delta
         self.weight += w
@@ -178,10 +213,10 @@ class FedBuffServer(_AsyncServer):
             self.weight, self.count = 0.0, 0
 
 
-def make_server(cfg: Any, x0: torch.Tensor) -> FedAvgServer | FedAsyncServer | FedBuffServer:
-    """The server mode ``cfg.mode`` names (a :class:`ServerConfig`)."""
+def make_server(cfg: Any, x0: torch.Tensor, agg: Any = None) -> FedAvgServer | FedAsyncServer | FedBuffServer:
+    """The server mode ``cfg.mode`` names (a :class:`ServerConfig`); ``agg``: its private aggregation, if any."""
     if cfg.mode == "fedavg":
-        return FedAvgServer(cfg, x0)
+        return FedAvgServer(cfg, x0, agg)
     if cfg.mode == "fedasync":
-        return FedAsyncServer(cfg)
-    return FedBuffServer(cfg, x0)
+        return FedAsyncServer(cfg, agg)
+    return FedBuffServer(cfg, x0, agg)

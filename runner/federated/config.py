@@ -84,6 +84,37 @@ class ServerConfig:
     momentum: float = 0.9
     betas: list[float] = field(default_factory=lambda: [0.9, 0.99])
     eps: float = 1.0e-8
+    secagg: str = "none"  # none | pairwise (fedavg: Bonawitz et al.) | trusted_buffer (fedbuff: Papaya's enclave)
+
+
+@dataclass
+class DPConfig:
+    """User-level DP for every server mode (:mod:`runner.federated.private`), on when ``privacy.epsilon`` is set.
+
+    Clients clip their update to L2 norm S; the server adds N(0, (zS)² I) to each step's sum and divides by
+    a fixed denominator. z is calibrated so that the planned server steps spend the ``privacy`` budget, or
+    fixed here (preflight refuses a z whose planned spend exceeds ε).
+    """
+
+    clip_norm: float = 1.0  # S (the initial S with adaptive clipping)
+    noise_multiplier: float | None = None  # z; null: calibrated to the privacy budget
+    adaptive_clipping: bool = False  # Andrew et al. 2021: S tracks the target_quantile of the update norms
+    target_quantile: float = 0.5
+    clip_learning_rate: float = 0.2
+    count_noise: float | None = None  # σ_b of the noised count of unclipped updates; null: denominator / 20
+    epsilons: list[float] = field(default_factory=list)  # budgets compared in one run (by_epsilon); .inf: no DP
+    epsilons_servers: list[str] = field(default_factory=list)  # servers re-run at those budgets (empty: all)
+
+
+@dataclass
+class SecAggConfig:
+    """Secure-aggregation protocol parameters (:mod:`runner.federated.secagg`, :mod:`~.trusted_buffer`)."""
+
+    threshold: float = 0.5  # pairwise: Shamir threshold t as a fraction of the round's clients
+    neighbours: int | None = None  # pairwise: SecAgg+ ring degree; null: every pair (Bonawitz et al.)
+    frac_bits: int | None = None  # fixed-point fraction bits; null: the finest whose sum cannot wrap
+    bits: int = 64  # the field Z_{2^bits}
+    round_trip_seconds: float = 1.0  # simulated latency charged per protocol round beyond the plain upload
 
 
 @dataclass
@@ -101,11 +132,14 @@ class SimulationConfig:
     clock: ClockConfig = field(default_factory=ClockConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)
     backend: BackendConfig = field(default_factory=BackendConfig)
+    dp: DPConfig = field(default_factory=DPConfig)
+    secure_aggregation: SecAggConfig = field(default_factory=SecAggConfig)
 
 
 _MODES = ("fedavg", "fedasync", "fedbuff")
 _STALENESS = ("constant", "polynomial", "hinge", "exponential")
 _OPTIMIZERS = ("sgd", "momentum", "adam")
+_SECAGG = ("none", "pairwise", "trusted_buffer")
 
 
 def check_server(s: Any, key: str) -> None:
@@ -131,6 +165,8 @@ def check_server(s: Any, key: str) -> None:
         raise ConfigError(f"{key}.max_staleness={s.max_staleness} must be >= 0")
     if len(s.betas) != 2 or not all(0 <= b < 1 for b in s.betas):
         raise ConfigError(f"{key}.betas={list(s.betas)} must be two values in [0, 1)")
+    if s.secagg not in _SECAGG:
+        raise ConfigError(f"{key}.secagg='{s.secagg}' must be one of {', '.join(_SECAGG)}")
 
 
 def check_simulation(cfg: DictConfig) -> None:
@@ -175,3 +211,20 @@ def check_simulation(cfg: DictConfig) -> None:
         raise ConfigError(f"algorithm.backend.name='{a.backend.name}' must be local or ray")
     if a.backend.clients_per_task < 1 or a.backend.num_workers < 1:
         raise ConfigError("algorithm.backend.clients_per_task and num_workers must be >= 1")
+    d = a.dp
+    if d.clip_norm <= 0 or (d.noise_multiplier is not None and d.noise_multiplier <= 0):
+        raise ConfigError("algorithm.dp: clip_norm must be > 0 and noise_multiplier > 0 or null")
+    if not 0 < d.target_quantile < 1 or d.clip_learning_rate <= 0 or (d.count_noise is not None and
+                                                                      d.count_noise <= 0):
+        raise ConfigError("algorithm.dp: target_quantile must be in (0, 1), clip_learning_rate > 0, count_noise > 0")
+    if any(not e > 0 for e in d.epsilons):
+        raise ConfigError(f"algorithm.dp.epsilons={list(d.epsilons)} must be > 0 (.inf: no DP)")
+    if (d.noise_multiplier is not None or d.epsilons) and cfg.privacy.delta is None:
+        raise ConfigError("algorithm.dp.noise_multiplier / epsilons need privacy.delta: choose a budget "
+                          "(e.g. privacy=eps1)")
+    sa = a.secure_aggregation
+    if not 0 < sa.threshold <= 1 or not 2 <= sa.bits <= 64 or sa.round_trip_seconds < 0:
+        raise ConfigError("algorithm.secure_aggregation: threshold must be in (0, 1], bits in [2, 64], "
+                          "round_trip_seconds >= 0")
+    if sa.frac_bits is not None and sa.frac_bits < 0:
+        raise ConfigError(f"algorithm.secure_aggregation.frac_bits={sa.frac_bits} must be >= 0 or null")

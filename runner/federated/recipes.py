@@ -14,6 +14,7 @@ checkpoint, skips finished stages, and ends with the same results as an uninterr
 
 from __future__ import annotations
 
+import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -26,7 +27,9 @@ from runner.federated.aggregators import make_server
 from runner.federated.backends import TrainerSpec, build_trainer, make_backend
 from runner.federated.config import ServerConfig, SimulationConfig, check_server, check_simulation
 from runner.federated.population import Population
+from runner.federated.private import make_aggregation, preflight
 from runner.federated.simulator import SimulationResult, Simulator
+from runner.privacy.accounting import GaussianRelease, epsilon_spent
 
 
 @dataclass
@@ -43,6 +46,12 @@ class FedBuffConfig(SimulationConfig):
             raise ConfigError("algorithm.servers is empty: name at least one server mode to run")
         for label, s in cfg.algorithm.servers.items():
             check_server(s, f"algorithm.servers.{label}")
+        a = cfg.algorithm
+        unknown = set(a.dp.epsilons_servers) - set(a.servers)
+        if unknown:
+            raise ConfigError(f"algorithm.dp.epsilons_servers names unknown servers {sorted(unknown)}")
+        preflight(cfg, [(f"algorithm.servers.{label}", s, s.concurrency or a.concurrency)
+                        for label, s in a.servers.items()], budgets(cfg))
 
 
 @dataclass
@@ -72,6 +81,31 @@ class PapayaConfig(SimulationConfig):
         check_server(a.async_server, "algorithm.async_server")
         if a.sync_server.mode != "fedavg" or a.async_server.mode == "fedavg":
             raise ConfigError("algorithm.sync_server.mode must be fedavg and algorithm.async_server.mode async")
+        runs = []
+        for c, k in zip(a.concurrency_levels, papaya_buffer_sizes(a)):
+            runs += [("algorithm.sync_server", a.sync_server, c),
+                     ("algorithm.async_server", OmegaConf.merge(a.async_server, {"buffer_size": k}), c)]
+        preflight(cfg, runs, budgets(cfg))
+
+
+def papaya_buffer_sizes(a: Any) -> list[int]:
+    """FedBuff's K at each concurrency level: ``buffer_sizes``, or max(1, round(buffer_fraction · C))."""
+    return list(a.buffer_sizes) if a.buffer_sizes else [max(1, round(a.buffer_fraction * c))
+                                                        for c in a.concurrency_levels]
+
+
+def budgets(cfg: DictConfig) -> list[float | None]:
+    """The ε of each comparison: the ``privacy`` group's (None: no DP), then ``algorithm.dp.epsilons`` (.inf: none)."""
+    out = [cfg.privacy.epsilon]
+    for e in cfg.algorithm.dp.epsilons:
+        e = None if math.isinf(e) else float(e)
+        if e not in out:
+            out.append(e)
+    return out
+
+
+def epsilon_key(eps: float | None) -> str:
+    return "inf" if eps is None else f"{eps:g}"
 
 
 # --------------------------------------------------------------------------- one simulation
@@ -93,19 +127,30 @@ class Experiment:
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:
         return self.trainer.evaluate(x, self.x_test, self.y_test)
 
-    def simulate(self, stage: str, server_cfg: Any, concurrency: int, **overrides: Any) -> dict[str, Any]:
-        """Run one server mode (or reuse the stage's finished result on resume) and summarise it."""
+    def simulate(self, stage: str, server_cfg: Any, concurrency: int, epsilon: float | None = None,
+                 **overrides: Any) -> dict[str, Any]:
+        """Run one server mode (or reuse the stage's finished result on resume) and summarise it.
+
+        ``epsilon``: train with user-level DP at this budget (δ and accountant from the ``privacy`` group);
+        the server's ``secagg`` setting picks the secure-aggregation protocol.
+        """
         done = self.ctx.checkpoints.done(stage)
         if done is not None:
             return done
         sim_cfg = OmegaConf.merge(self.cfg.algorithm, {"concurrency": concurrency, **overrides})
         server_cfg = OmegaConf.merge(server_cfg, {"concurrency": concurrency})
+        agg = make_aggregation(server_cfg, sim_cfg, self.cfg.privacy, epsilon, self.population.size, concurrency,
+                               int(self.x0.numel()), self.ctx.seed, key=stage)
         sim = Simulator(self.x0, self.trainer, self.backend, self.population, sim_cfg, self.ctx.seed, self.evaluate,
                         log=lambda m, step: self.ctx.log(m, step, stage))
-        state = self.ctx.restore(stage)  # the last in-simulation checkpoint of an interrupted stage, if any
-        run = sim.run(make_server(server_cfg, self.x0), state=state,
-                      checkpoint=lambda updates, s: self.ctx.save(stage, updates, s))
+        # SecAgg's key material is not serialised: such a stage checkpoints only when it is finished
+        secure = server_cfg.secagg != "none"
+        state = None if secure else self.ctx.restore(stage)  # the last in-simulation checkpoint, if any
+        run = sim.run(make_server(server_cfg, self.x0, agg), state=state,
+                      checkpoint=None if secure else lambda updates, s: self.ctx.save(stage, updates, s))
         result = summarise(run, sim_cfg.target_accuracy)
+        if agg is not None:
+            result.update(agg.results())
         self.ctx.checkpoints.mark_done(stage, result)
         return result
 
@@ -160,8 +205,17 @@ def run_fedbuff(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     """FedBuff vs FedAvgM vs FedAsync on one population and clock; time/updates/bytes to the target."""
     a = cfg.algorithm
     exp = Experiment(cfg, ctx)
+    main, *others = budgets(cfg)
+    by_eps: dict[str, dict[str, Any]] = {}
     try:
-        results = {label: exp.simulate(label, s, s.concurrency or a.concurrency) for label, s in a.servers.items()}
+        results = {label: exp.simulate(label, s, s.concurrency or a.concurrency, main)
+                   for label, s in a.servers.items()}
+        by_eps[epsilon_key(main)] = results
+        again = list(a.dp.epsilons_servers) or list(a.servers)
+        for eps in others:  # the comparison at the other budgets of algorithm.dp.epsilons
+            key = epsilon_key(eps)
+            by_eps[key] = {label: exp.simulate(f"{label}@eps{key}", a.servers[label],
+                                               a.servers[label].concurrency or a.concurrency, eps) for label in again}
     finally:
         exp.close()
     ctx.write_json("curves.json", {k: v["history"] for k, v in results.items()})
@@ -170,9 +224,33 @@ def run_fedbuff(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     ctx.plot("accuracy_vs_bytes", _curves(results, "bytes"), "bytes communicated", "test accuracy", title=title)
     ctx.plot("accuracy_vs_updates", _curves(results, "client_updates"), "client updates", "test accuracy",
              title=title)
-    return {"target_accuracy": a.target_accuracy, "concurrency": a.concurrency,
-            "population": exp.population.size, "num_parameters": int(exp.x0.numel()),
-            "algorithms": {k: _without_history(v) for k, v in results.items()}}
+    out = {"target_accuracy": a.target_accuracy, "concurrency": a.concurrency,
+           "population": exp.population.size, "num_parameters": int(exp.x0.numel()),
+           "algorithms": {k: _without_history(v) for k, v in results.items()}}
+    if others:
+        out["by_epsilon"] = {e: {k: _without_history(v) for k, v in r.items()} for e, r in by_eps.items()}
+        curves = {f"{k} ε={e}": v for e, r in by_eps.items() for k, v in r.items()}
+        ctx.plot("accuracy_vs_updates_by_epsilon", _curves(curves, "client_updates"), "client updates",
+                 "test accuracy", title=f"{title}: user-level DP (δ={cfg.privacy.delta})")
+    return _with_privacy(out, cfg, results.values())
+
+
+def _with_privacy(out: dict[str, Any], cfg: DictConfig, runs: Any) -> dict[str, Any]:
+    """results.json ``privacy`` (from the accountant) when the run trains with DP: the largest spend of any one
+    model trained at the ``privacy`` budget (each is a separate model with its own budget) and
+    ``epsilon_all_models``, the spend if every one of them were released (their releases composed)."""
+    blocks = [r["privacy"] for r in runs if "privacy" in r]
+    if not blocks:
+        return out
+    p = cfg.privacy
+    worst = max(blocks, key=lambda b: b["epsilon"])
+    plan = [GaussianRelease(str(i), b["noise_multiplier"], b["sample_rate"], b["steps"])
+            for i, b in enumerate(blocks) if b["steps"]]
+    out["privacy"] = {**{k: worst[k] for k in ("epsilon", "delta", "accountant", "noise_multiplier", "clip_norm",
+                                               "steps")},
+                      "budget_epsilon": p.epsilon,
+                      "epsilon_all_models": epsilon_spent(plan, p.delta, p.accountant) if plan else 0.0}
+    return out
 
 
 def _ratio(a: float | None, b: float | None) -> float | None:
@@ -186,10 +264,10 @@ def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     by_c: dict[str, dict[str, Any]] = {}
     curves: dict[str, Any] = {}
     try:
-        for i, c in enumerate(a.concurrency_levels):
-            k = a.buffer_sizes[i] if a.buffer_sizes else max(1, round(a.buffer_fraction * c))
-            sync = exp.simulate(f"sync_c{c}", a.sync_server, c)
-            asyn = exp.simulate(f"async_c{c}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c)
+        for c, k in zip(a.concurrency_levels, papaya_buffer_sizes(a)):
+            sync = exp.simulate(f"sync_c{c}", a.sync_server, c, cfg.privacy.epsilon)
+            asyn = exp.simulate(f"async_c{c}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c,
+                                cfg.privacy.epsilon)
             curves[f"sync C={c}"], curves[f"async C={c}"] = sync["history"], asyn["history"]
             by_c[str(c)] = {"sync": _without_history(sync), "async": {**_without_history(asyn), "buffer_size": k},
                             "speedup": _ratio(sync["time_to_target"], asyn["time_to_target"]),
@@ -209,5 +287,6 @@ def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                   "communication (sync bytes / async bytes)":
                       (levels, [by_c[str(c)]["communication_ratio"] for c in levels])},
                  "concurrency", "sync / async to target")
-    return {"target_accuracy": a.target_accuracy, "population": exp.population.size,
-            "num_parameters": int(exp.x0.numel()), "by_concurrency": by_c}
+    out = {"target_accuracy": a.target_accuracy, "population": exp.population.size,
+           "num_parameters": int(exp.x0.numel()), "by_concurrency": by_c}
+    return _with_privacy(out, cfg, [r for level in by_c.values() for r in (level["sync"], level["async"])])

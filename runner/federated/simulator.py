@@ -90,6 +90,7 @@ class Counters:
     server_nonfinite_skipped: int = 0
     bytes_down: float = 0.0
     bytes_up: float = 0.0
+    bytes_secagg: float = 0.0  # secure aggregation's protocol bytes beyond the plain download and upload
     compute_total: float = 0.0
     compute_wasted: float = 0.0
     concurrency_area: float = 0.0
@@ -98,7 +99,7 @@ class Counters:
 
     @property
     def bytes(self) -> float:
-        return self.bytes_down + self.bytes_up
+        return self.bytes_down + self.bytes_up + self.bytes_secagg
 
 
 @dataclass
@@ -139,20 +140,29 @@ class Simulator:
         self._select_rng = np.random.default_rng(derive_seed(seed, "select"))
         self._grid_k = 0  # next point of the evaluation grid (eval_interval set): t = k * eval_interval
         self.reached_target = False
+        self.halted: str | None = None  # why the server stopped training early (e.g. its privacy budget is spent)
 
     # ------------------------------------------------------------------ clients
-    def dispatch(self, round: int = 0) -> Task:
-        """A device checks in, downloads x (version v) and starts local training."""
+    def dispatch(self, round: int = 0, extra_bytes: float = 0.0, extra_seconds: float = 0.0) -> Task:
+        """A device checks in, downloads x (version v) and starts local training.
+
+        ``extra_bytes`` / ``extra_seconds``: what secure aggregation adds to the task (its cost model: protocol
+        messages, and latency per extra round, charged as the bytes the device's link moves in that time).
+        """
         cid = self.population.select(self._select_rng, self.t, self.busy)
         tid, self._next_task = self._next_task, self._next_task + 1
         plan = self.trainer.plan(cid, tid)
-        timing = self.population.timing(cid, tid, self.t, plan.examples, 2 * self.model_bytes)
+        nbytes = 2 * self.model_bytes + extra_bytes
+        if extra_seconds:
+            nbytes += extra_seconds * self.population.profile(cid).bandwidth
+        timing = self.population.timing(cid, tid, self.t, plan.examples, nbytes)
         task = Task(tid, cid, self.t, self.t + timing.duration, self.version, self.x, plan.examples,
                     timing.compute, timing.drop_at, plan, round=round)
         self.in_flight[tid] = task
         self.busy[cid] = self.busy.get(cid, 0) + 1
         self.c.client_starts += 1
         self.c.bytes_down += self.model_bytes
+        self.c.bytes_secagg += extra_bytes
         when, kind = (timing.drop_at, DROP) if timing.drop_at is not None else (task.finish, FINISH)
         self._push(when, kind, task)
         return task
@@ -183,6 +193,10 @@ class Simulator:
 
     def timer(self, at: float, tag: Any) -> None:
         self._push(at, TIMER, tag)
+
+    def halt(self, reason: str) -> None:
+        """Stop the simulation after the current event (the server can take no more steps)."""
+        self.halted = reason
 
     def record_staleness(self, tau: int) -> None:
         self.c.applied += 1
@@ -263,8 +277,8 @@ class Simulator:
         self.t = t
 
     def _done(self) -> bool:
-        return self.c.client_updates >= self.cfg.max_client_updates or (self.cfg.stop_at_target and
-                                                                       self.reached_target)
+        return self.halted is not None or self.c.client_updates >= self.cfg.max_client_updates or (
+            self.cfg.stop_at_target and self.reached_target)
 
     def run(self, server: Server, checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
             state: dict[str, Any] | None = None) -> SimulationResult:
@@ -320,7 +334,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ checkpoints
     _STATE = ("x", "version", "t", "in_flight", "busy", "c", "history", "_heap", "_seq", "_next_task", "_grid_k",
-              "reached_target")
+              "reached_target", "halted")
 
     def state_dict(self, server: Server) -> dict[str, Any]:
         """Everything the rest of the simulation depends on (tasks keep their identity across heap/in_flight)."""

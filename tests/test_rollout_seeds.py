@@ -119,3 +119,32 @@ def test_vllm_gets_one_seeded_request_per_copy(monkeypatch):
     assert [sp.seed for _, sp in engine.llm.requests] == [request_seed(seed, i, 0) for i in range(3)]
     engine.generate(["p", "q"], SamplingParams(temperature=1.0, n=3, seed=seed + 1))
     assert not set(seeds) & {sp.seed for _, sp in engine.llm.requests}  # the next step samples afresh
+
+
+def test_vllm_tensor_parallel_shards_run_their_groups_requests(monkeypatch):
+    """Rank 1 of a TP-2 group: both ranks' requests go to vLLM (as every shard must run the same batch), and
+    rank 1 keeps the completions of its own, with its own seeds."""
+    import torch.distributed as dist
+
+    fake = types.ModuleType("vllm")
+    fake.LLM = _RecordingLLM
+    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setattr("runner.rollout.vllm._tp_group", lambda tp: "tp-group")
+    from runner.rollout.vllm import VLLMEngine
+
+    engine = VLLMEngine("some/model", tensor_parallel_size=2)
+    assert engine.colocated and engine.tp_group == "tp-group"
+    other = [("rank0 prompt", 111), ("rank0 prompt", 222), ("rank0 other", 333)]
+
+    def all_gather_object(out, obj, group=None):
+        assert group == "tp-group"
+        out[0], out[1] = other, obj
+
+    monkeypatch.setattr(dist, "all_gather_object", all_gather_object)
+    monkeypatch.setattr(dist, "get_rank", lambda group=None: 1)
+    out = engine.generate(["mine"], SamplingParams(temperature=1.0, n=2, seed=9))
+    assert [p for p, _ in engine.llm.requests] == ["rank0 prompt", "rank0 prompt", "rank0 other", "mine", "mine"]
+    assert [(r.prompt_index, r.sample_index, r.text) for r in out] == [
+        (0, j, f"seed={request_seed(9, 0, j)}") for j in range(2)]

@@ -74,7 +74,7 @@ class VLLMEngine:
         )
 
     def generate(self, prompts: Sequence[Prompt], params: SamplingParams, lora_request: Any = None) -> list[Rollout]:
-        seed = call_seed(params)
+        seed = call_seed(params) if params.temperature > 0 else 0  # greedy: seeds unused, global RNG untouched
         keys = [(i, j) for i in range(len(prompts)) for j in range(params.n)]  # one request per copy
         requests = [(prompts[i], request_seed(seed, i, j)) for i, j in keys]
         mine = slice(0, len(requests))

@@ -238,7 +238,7 @@ class PrivateAggregation:
             self.transport = _Plain(width)
         self.summands = concurrency if server.secagg == "pairwise" else self.sm.sampled
         self.count, self.members = 0, set()
-        self.duplicates, self.aborted = 0, 0
+        self.duplicates, self.aborted, self.exhausted = 0, 0, False
         if server.secagg == "trusted_buffer":
             self.transport.open([], self.codec())
         self.overhead = self._overhead(server.secagg)
@@ -277,6 +277,7 @@ class PrivateAggregation:
         """Δ̄ of this step, or None: no step (secure aggregation aborted, or the budget is spent: halts ``sim``)."""
         count, self.count, self.members = self.count, 0, set()
         if self.budget is not None and not self.budget.can_step():
+            self.exhausted = True
             sim.halt("privacy budget")
             return None
         try:
@@ -316,7 +317,7 @@ class PrivateAggregation:
             out["privacy"] = {**b.as_results(self.dp.clip_norm), "sample_rate": b.sample_rate,
                               "denominator": self.sm.denominator, "planned_steps": self.sm.planned_steps,
                               "update_noise_multiplier": self.dp.update_noise, "adaptive_clipping": self.adaptive,
-                              "stopped_by_budget": not b.can_step() and b.steps < self.sm.planned_steps,
+                              "stopped_by_budget": self.exhausted,
                               "duplicates_dropped": self.duplicates}
         stats = self.transport.stats
         if self.transport.protocol != "none":

@@ -71,3 +71,34 @@ def test_trainer_tensor_parallelism_must_divide_the_world_size():
     with pytest.raises(ConfigError, match=r"tensor_parallel_size=8 must divide the world size 1"):
         check_gpu_layout(cfg)
     check_gpu_layout(compose_recipe("waltzrl_paper", ["algorithm.lora.enabled=true", "hardware.judge_engine=hf"]))
+
+
+def test_vllm_judge_loads_no_hf_weights(monkeypatch, tmp_path):
+    """A judge on the vllm engine: vLLM reads the checkpoint itself, so only the tokenizer is built here."""
+    import sys
+    import types
+
+    from omegaconf import OmegaConf
+
+    from runner.models.tokenizer import byte_tokenizer
+    from runner.safety.judges import JudgeConfig, LlamaGuardJudge, build_judge
+
+    byte_tokenizer().save_pretrained(tmp_path)
+    fake = types.ModuleType("vllm")
+    fake.LLM = lambda **kw: types.SimpleNamespace(kwargs=kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+
+    def no_weights(*_a, **_k):
+        raise AssertionError("the judge's HF weights were loaded")
+
+    monkeypatch.setattr("runner.models.builder.build_model_and_tokenizer", no_weights)
+    hw = compose_recipe("safety_eval", ["hardware=gpu1"]).hardware
+    judge = build_judge(JudgeConfig(name="llama_guard", model="llama_guard_3_1b", model_path=str(tmp_path)), hw)
+    assert isinstance(judge, LlamaGuardJudge) and judge.engine.llm.kwargs["model"] == str(tmp_path)
+    assert judge.engine.llm.kwargs["gpu_memory_utilization"] == hw.gpu_memory_utilization
+    hf = OmegaConf.merge(hw, {"judge_engine": "hf"})
+    monkeypatch.setattr("runner.models.builder.build_model_and_tokenizer",
+                        lambda cfg, hw: (types.SimpleNamespace(), byte_tokenizer()))
+    judge = build_judge(JudgeConfig(name="llama_guard", model="llama_guard_3_1b", model_path=str(tmp_path)), hf)
+    assert type(judge.engine).__name__ == "HFEngine"

@@ -10,14 +10,14 @@ The training state of a fully fine-tuned policy is ``P × b × 4`` (weights, gra
 moments in the model dtype of ``b`` bytes, as the trainers keep them) plus ``P × b`` for a deep-copied
 reference policy when the KL weight is positive. With LoRA (``algorithm.lora``) the base weights are held
 once, the reference policy is the base with the adapter off, and only the adapters train (fp32: 16 bytes
-per parameter). Under a launcher (``hardware.launcher``: one process per GPU, ZeRO-3/FSDP) the training
-state is sharded over the processes; HF-engine judges are whole on every process.
+per parameter). Data-parallel processes (``hardware.launcher``) each hold all of it, except safety_rl under
+``hardware.launcher=accelerate`` with an ``accelerate_config`` (FSDP / ZeRO-3), which shards it over them.
 
 Engines per recipe: WaltzRL one per policy (conversation, feedback, single-model RL), or one for all of them
 with LoRA (vLLM multi-LoRA, :func:`runner.models.lora.adapter_engine`); safety_rl its evaluation engine and
 TRL's colocated one (``algorithm.grpo.vllm_gpu_memory_utilization``); one per LLM judge and guard unless
-``hardware.judge_engine=hf`` runs them beside training (their bf16 weights count either way: ``build_judge``
-loads the HF model). Activations are not estimated: the check is a lower bound on what the run needs.
+``hardware.judge_engine=hf`` runs them beside training (their bf16 weights, no KV reservation). Activations
+are not estimated: the check is a lower bound on what the run needs.
 
 :func:`check_gpu_layout` runs in the CLI's preflight and raises a one-line ConfigError naming what to change.
 """
@@ -187,7 +187,8 @@ def plan(cfg: Any) -> Plan | None:
         w = model_arch(model_cfg).num_params() * b / GB
         if judge_engine == "vllm":
             engines.append(Engine(key, hw.gpu_memory_utilization, w / tp))
-        beside[key] = w  # build_judge loads the judge's HF model on the GPU either way
+        else:
+            beside[key] = w  # the hf engine's model, beside training
 
     if lora is not None and trained:
         beside["base"] = p * b / GB
@@ -196,7 +197,10 @@ def plan(cfg: Any) -> Plan | None:
         training = len(trained) * p * b * (4 + (1 if beta > 0 else 0))
         if not trained and policy_engines:
             beside["policy"] = p * b / GB  # the evaluated policy's HF model
-    return Plan(engines, training / GB / world_size(cfg), beside, float(hw.gpu_memory_gb))
+    from runner.core.launch import launcher
+
+    sharded = a.name == "safety_rl" and launcher(cfg) == "accelerate" and hw.get("accelerate_config")
+    return Plan(engines, training / GB / (world_size(cfg) if sharded else 1), beside, float(hw.gpu_memory_gb))
 
 
 def check_gpu_layout(cfg: Any) -> None:

@@ -56,6 +56,11 @@ class VLLMEngine:
                    lora_rank: int | None = None, **_: Any):
         """An engine serving ``model``'s checkpoint (its ``name_or_path``: an HF id or a saved directory)."""
         path = getattr(model, "name_or_path", None) or getattr(model.config, "_name_or_path", None)
+        return cls.from_path(path, hardware_cfg, seed=seed, lora_rank=lora_rank)
+
+    @classmethod
+    def from_path(cls, path: str | None, hardware_cfg: Any = None, seed: int = 0, lora_rank: int | None = None):
+        """An engine serving the checkpoint at ``path`` (a saved directory or an HF id), set up by ``hardware``."""
         if not path or not os.path.exists(path) and "/" not in path:
             raise ValueError("the vllm engine needs a model saved to disk or an HF id (model.name_or_path)")
         hw = hardware_cfg

@@ -374,12 +374,19 @@ def build_judge(judge_cfg: Any, hardware_cfg: Any = None, world: Any = None, mod
         return RefusalStringJudge()
     from runner.rollout import build_engine
 
-    if model is None:
-        from runner.models.builder import build_model_and_tokenizer
-
-        model, tokenizer = build_model_and_tokenizer(judge_model_config(judge_cfg), hardware_cfg)
     engine_name = "hf" if hardware_cfg is None else hardware_cfg.get("judge_engine") or hardware_cfg.rollout_engine
-    engine = build_engine(engine_name, model, tokenizer, hardware_cfg)
+    if model is None and engine_name == "vllm":  # vLLM loads the weights itself: no HF copy on the GPU
+        from runner.models.builder import build_tokenizer
+
+        model_cfg = judge_model_config(judge_cfg)
+        tokenizer = build_tokenizer(model_cfg)
+        engine = registry.get("rollout", "vllm").from_path(model_cfg.path or model_cfg.hf_id, hardware_cfg)
+    else:
+        if model is None:
+            from runner.models.builder import build_model_and_tokenizer
+
+            model, tokenizer = build_model_and_tokenizer(judge_model_config(judge_cfg), hardware_cfg)
+        engine = build_engine(engine_name, model, tokenizer, hardware_cfg)
     kw = {"max_new_tokens": judge_cfg.max_new_tokens, "batch_size": judge_cfg.batch_size}
     if cls is LlamaGuardJudge:
         return LlamaGuardJudge(engine, tokenizer, categories=judge_cfg.categories, wrap=judge_cfg.wrap, **kw)

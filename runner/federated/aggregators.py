@@ -128,7 +128,7 @@ class FedAvgServer:
             w = torch.tensor([float(t.examples) if self.cfg.weighting == "examples" else 1.0 for t, _ in self.reports])
             delta_bar = (w[:, None] * torch.stack([d for _, d in self.reports])).sum(0) / w.sum()
             sim.step(self.opt.step(sim.x, delta_bar))
-        if not sim.halted:
+        if self.agg is None or not sim.halted:  # only a private aggregation halts (its budget is spent)
             self._new_round(sim)
 
 
@@ -140,8 +140,10 @@ class _AsyncServer:
         self.cfg, self.agg = cfg, agg
 
     def dispatch(self, sim: Simulator) -> None:
-        if not sim.halted:
-            sim.dispatch(**(self.agg.overhead if self.agg else {}))
+        if self.agg is None:
+            sim.dispatch()
+        elif not sim.halted:  # only a private aggregation halts (its budget is spent)
+            sim.dispatch(**self.agg.overhead)
 
     def start(self, sim: Simulator) -> None:
         for _ in range(_concurrency(self.cfg, sim)):

@@ -4,6 +4,8 @@
 - ``client``: local SGD, one by one or vectorised with ``torch.func.vmap``;
 - ``simulator``: the virtual clock and event loop;
 - ``aggregators``: staleness weights, server optimisers and the server modes;
+- ``private``: user-level DP and secure aggregation of a server mode's sum (``secagg``: Bonawitz et al.'s
+  pairwise masking; ``trusted_buffer``: Papaya's enclave);
 - ``backends``: client training in this process or on Ray (``dist`` extra);
 - ``recipes``: the ``fedbuff`` and ``papaya`` comparisons.
 """

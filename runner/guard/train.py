@@ -133,17 +133,60 @@ def collate(items: Sequence[tuple[list[int], list[int]]], pad_id: int) -> dict[s
 def guard_loss(logits: torch.Tensor, labels: torch.Tensor, teacher_logits: torch.Tensor | None = None,
                ratio: float = 0.0, temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
     """(1 − r)·CE + r·T²·KL(teacher‖student) over the answer positions (next-token shifted)."""
-    logits, target = logits[:, :-1].float(), labels[:, 1:]
-    keep = target != -100
-    ce = F.cross_entropy(logits[keep], target[keep])
+    keep = labels[:, 1:] != -100
+    return answer_loss(logits[:, :-1][keep], labels[:, 1:][keep],
+                       None if teacher_logits is None else teacher_logits[:, :-1][keep], ratio, temperature)
+
+
+def answer_loss(logits: torch.Tensor, target: torch.Tensor, teacher_logits: torch.Tensor | None = None,
+                ratio: float = 0.0, temperature: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+    """:func:`guard_loss` on the answer positions alone: ``logits`` [N, V] predict ``target`` [N]."""
+    logits = logits.float()
+    ce = F.cross_entropy(logits, target)
     if teacher_logits is None or ratio == 0.0:
         return ce, {"ce": ce.item()}
-    s = F.log_softmax(logits[keep] / temperature, -1)
-    t = F.log_softmax(teacher_logits[:, :-1].float()[keep] / temperature, -1)
+    s = F.log_softmax(logits / temperature, -1)
+    t = F.log_softmax(teacher_logits.float() / temperature, -1)
     # forward KL: Σ p_t (log p_t − log p_s); −inf teacher entries (pruned outputs) contribute 0
     kl = torch.where(t.isfinite(), t.exp() * (t - s), torch.zeros_like(t)).sum(-1).mean() * temperature ** 2
     loss = (1 - ratio) * ce + ratio * kl
     return loss, {"ce": ce.item(), "kl": kl.item()}
+
+
+def shared_prefix_length(data: Sequence[tuple[list[int], list[int]]], max_prefixes: int = 4) -> int:
+    """The longest ``p`` such that the prompts of ``data`` start with at most ``max_prefixes`` distinct runs of ``p``
+    tokens (the guard template before the conversation: one per classified role), and every prompt is longer."""
+    if not data:
+        return 0
+    lo, hi = 0, min(len(p) for p, _ in data) - 1
+    while lo < hi:  # the number of distinct prefixes grows with their length
+        mid = (lo + hi + 1) // 2
+        if len({tuple(p[:mid]) for p, _ in data}) <= max_prefixes:
+            lo = mid
+        else:
+            hi = mid - 1
+    return lo
+
+
+def answer_logits(model: Any, batch: dict[str, torch.Tensor], prefix: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+    """(logits [N, V], targets [N]) at the N positions that predict an answer token.
+
+    Equal to ``model(...).logits[:, :-1][keep]`` up to float rounding, at a fraction of the cost: the output layer
+    runs on the answer positions only, and the first ``prefix`` tokens (shorter than every prompt; the guard
+    template's shared opening, see :func:`shared_prefix_length`) run once per distinct opening and reach the rest
+    of the batch as its KV cache (gradients flow through it)."""
+    ids, mask, labels = batch["input_ids"], batch["attention_mask"], batch["labels"]
+    keep = labels[:, 1:] != -100
+    decoder = model.get_decoder()
+    cache = None
+    if prefix > 0:
+        openings, which = torch.unique(ids[:, :prefix], dim=0, return_inverse=True)
+        cache = decoder(input_ids=openings, use_cache=True).cache
+        cache.batch_select_indices(which)
+    hidden = decoder(input_ids=ids[:, prefix:], attention_mask=mask, cache=cache,
+                     use_cache=cache is not None).last_hidden_state
+    keep_rest = keep[:, prefix:]
+    return model.get_output_embeddings()(hidden[:, :-1][keep_rest]), labels[:, 1:][keep]
 
 
 @dataclass
@@ -168,17 +211,18 @@ def train_guard(model: Any, data: Sequence[tuple[list[int], list[int]]], cfg: Gu
     start = opt.restore(ctx, stage)
     if teacher is not None:
         teacher.eval()
+    prefix = shared_prefix_length(data)
     records = []
     bar = ctx.progress(total=cfg.steps, initial=start, desc=stage)
     for step in range(start + 1, cfg.steps + 1):
         idx = torch.randint(0, len(data), (cfg.batch_size,), generator=opt.generator).tolist()
         batch = {k: v.to(model.device) for k, v in collate([data[i] for i in idx], pad_id).items()}
-        logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        logits, target = answer_logits(model, batch, prefix)
         t_logits = None
         if teacher is not None and cfg.distill_ratio > 0:
             with torch.no_grad():
-                t_logits = teacher(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
-        loss, parts = guard_loss(logits, batch["labels"], t_logits, cfg.distill_ratio, cfg.temperature)
+                t_logits = answer_logits(teacher, batch, prefix)[0]
+        loss, parts = answer_loss(logits, target, t_logits, cfg.distill_ratio, cfg.temperature)
         metrics = {"loss": loss.item(), **parts, "lr": opt.step(loss)}
         if evaluate is not None and step == cfg.steps:
             metrics.update(evaluate())

@@ -9,7 +9,7 @@ import torch
 from transformers import LlamaConfig, LlamaForCausalLM
 
 from runner.guard import compress
-from runner.guard.train import guard_loss
+from runner.guard.train import answer_logits, collate, guard_loss, shared_prefix_length
 
 torch.set_num_threads(1)
 
@@ -184,6 +184,29 @@ def test_distillation_loss_matches_formula():
     assert parts["kl"] == pytest.approx(kl.item(), rel=1e-5)
     same, _ = guard_loss(s, labels, s, ratio=1.0)
     assert same.item() == pytest.approx(0.0, abs=1e-6)
+
+
+def test_answer_logits_with_a_shared_prefix_cache_equal_the_full_forward():
+    """Training scores the answer positions only and runs the shared template opening once per distinct opening
+    (gradients through its KV cache): logits and gradients must equal the plain forward's."""
+    g = torch.Generator().manual_seed(3)
+    openings = [torch.randint(3, 96, (7,), generator=g).tolist() for _ in range(2)]
+    data = [(openings[i % 2] + torch.randint(3, 96, (3 + i,), generator=g).tolist(), [10 + i, 1]) for i in range(5)]
+    assert shared_prefix_length(data, max_prefixes=2) == 7 and shared_prefix_length(data, max_prefixes=1) == 0
+    batch = collate(data, pad_id=0)
+    for prefix in (0, 7):
+        model = _model(layers=2, seed=4).train()
+        logits, target = answer_logits(model, batch, prefix)
+        full = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"]).logits
+        keep = batch["labels"][:, 1:] != -100
+        torch.testing.assert_close(logits, full[:, :-1][keep], atol=1e-5, rtol=1e-4)
+        assert target.tolist() == [t for _, a in data for t in a]
+        guard_loss(full, batch["labels"])[0].backward()
+        ref = [p.grad.clone() for p in model.parameters()]
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(logits, target).backward()
+        for p, r in zip(model.parameters(), ref):
+            torch.testing.assert_close(p.grad, r, atol=1e-5, rtol=1e-4)
 
 
 def test_cpu_latency_reports_positive_numbers():

@@ -40,16 +40,44 @@ def set_rng_state(state: dict[str, Any]) -> None:
 
 
 class Checkpointer:
+    """Checkpoints of a run's stages. ``read_only`` (a non-zero rank of a multi-process run): a snapshot of rank
+    0's checkpoints as they were when the run started, read through handles opened now, so this rank makes the
+    same resume decisions as rank 0 however far rank 0 has since moved on; saving is rank 0's job."""
+
     def __init__(self, root: Path, keep: int = 2, metrics_path: Path | None = None, read_only: bool = False):
         self.root = Path(root)
         self.keep = keep
         self.metrics_path = metrics_path
-        self.read_only = read_only  # a non-zero rank of a multi-process run: loads rank 0's checkpoints only
+        self.read_only = read_only
+        self._latest: dict[str, tuple[int, Any]] = {}  # read_only: stage -> (newest step, open file)
+        self._done: dict[str, dict[str, Any]] = {}
+        if read_only:
+            self._snapshot()
+
+    def _snapshot(self) -> None:
+        import json
+
+        if not self.root.exists():
+            return
+        for d in sorted(p for p in self.root.iterdir() if p.is_dir()):
+            if (d / "done.json").exists():
+                self._done[d.name] = json.loads((d / "done.json").read_text())
+            for step in reversed(self._list_steps(d.name)):
+                try:  # rank 0 may prune an old step meanwhile; the open handle outlives an unlink
+                    self._latest[d.name] = (step, (d / f"step_{step}.pt").open("rb"))
+                    break
+                except FileNotFoundError:
+                    continue
 
     def _stage_dir(self, stage: str) -> Path:
         return self.root / stage
 
     def steps(self, stage: str) -> list[int]:
+        if self.read_only:
+            return [self._latest[stage][0]] if stage in self._latest else []
+        return self._list_steps(stage)
+
+    def _list_steps(self, stage: str) -> list[int]:
         d = self._stage_dir(stage)
         if not d.exists():
             return []
@@ -79,6 +107,12 @@ class Checkpointer:
         """The newest checkpoint of ``stage`` as ``{"step", "state", "n_metric_records"}``, or None."""
         import torch
 
+        if self.read_only:
+            if stage not in self._latest:
+                return None
+            handle = self._latest[stage][1]
+            handle.seek(0)
+            return torch.load(handle, weights_only=False)
         steps = self.steps(stage)
         if not steps:
             return None
@@ -99,10 +133,14 @@ class Checkpointer:
     def done(self, stage: str) -> dict[str, Any] | None:
         import json
 
+        if self.read_only:
+            return self._done.get(stage)
         p = self._stage_dir(stage) / "done.json"
         return json.loads(p.read_text()) if p.exists() else None
 
     def any(self) -> bool:
+        if self.read_only:
+            return bool(self._latest or self._done)
         if not self.root.exists():
             return False
         return any(self.root.rglob("step_*.pt")) or any(self.root.rglob("done.json"))

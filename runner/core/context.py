@@ -36,7 +36,7 @@ class RunContext:
     """Run directory, seeded RNGs, metric loggers, checkpointer, progress bars and plots of one run."""
 
     def __init__(self, cfg: DictConfig, run_dir: Path, resumed: bool, loggers: list[MetricLogger],
-                 metrics_path: Path | None = None):
+                 metrics_path: Path | None = None, checkpoints: Checkpointer | None = None):
         self.cfg = cfg
         self.dir = Path(run_dir)
         self.seed: int = int(cfg.seed)
@@ -46,8 +46,8 @@ class RunContext:
         # reads rank 0's checkpoints (the replicas are equal, and every rank logs the same number of records)
         self.is_main = distributed.is_main()
         self.metrics_path = Path(metrics_path) if metrics_path is not None else self.dir / "metrics.jsonl"
-        self.checkpoints = Checkpointer(self.dir / "checkpoints", keep=cfg.run.checkpoint_keep,
-                                        metrics_path=self.metrics_path, read_only=not self.is_main)
+        self.checkpoints = checkpoints or Checkpointer(self.dir / "checkpoints", keep=cfg.run.checkpoint_keep,
+                                                       metrics_path=self.metrics_path)
         self.plots: list[Path] = []
         self.notes: list[str] = []  # Markdown paragraphs a method adds to summary.md's notes
         self._t0 = time.time()
@@ -65,6 +65,10 @@ class RunContext:
         if main and not resumed:
             (run_dir / "metrics.jsonl").unlink(missing_ok=True)  # left by a run that failed before a checkpoint
             OmegaConf.save(cfg, run_dir / CONFIG_FILE, resolve=True)
+        # another rank reads rank 0's checkpoints as they are now, before rank 0 can write new ones
+        snapshot = None if main else Checkpointer(run_dir / "checkpoints", keep=cfg.run.checkpoint_keep,
+                                                  read_only=True)
+        distributed.barrier()
         resumed = distributed.broadcast_object(resumed)
         metrics_path = run_dir / "metrics.jsonl" if main else rank_log(run_dir, distributed.rank())
         if not resumed:
@@ -75,7 +79,9 @@ class RunContext:
         loggers: list[MetricLogger] = [JsonlLogger(metrics_path)]
         if main:
             loggers += _open_backends(cfg, run_dir, plain)
-        return cls(cfg, run_dir, resumed, loggers, metrics_path)
+        if snapshot is not None:
+            snapshot.metrics_path = metrics_path
+        return cls(cfg, run_dir, resumed, loggers, metrics_path, snapshot)
 
     def finish(self, results: Mapping[str, Any], notes: str = "") -> dict[str, Any]:
         """Write ``results.json`` (with the recipe's claims judged on it) and ``summary.md``; close the loggers.

@@ -67,13 +67,38 @@ def check_launch(cfg: Any) -> None:
     if hw.launcher == "accelerate" and hw.device == "cpu":
         raise ConfigError("hardware.launcher=accelerate launches CPU processes with mpirun; on CPU use "
                           "hardware.launcher=torchrun (gloo)")
-    if hw.accelerate_config and hw.launcher != "accelerate":
-        raise ConfigError("hardware.accelerate_config needs hardware.launcher=accelerate")
-    if hw.accelerate_config and not Path(hw.accelerate_config).exists():
-        raise ConfigError(f"hardware.accelerate_config {hw.accelerate_config} does not exist")
+    if hw.accelerate_config:
+        _check_accelerate_config(cfg)
     if hw.rollout_engine == "vllm" and n % hw.tensor_parallel_size:
         raise ConfigError(f"hardware.tensor_parallel_size={hw.tensor_parallel_size} must divide the number of "
                           f"processes ({n}): TRL's colocated vLLM groups ranks by tensor-parallel size")
+
+
+def accelerate_config_path(name: str) -> Path:
+    """``hardware.accelerate_config`` as a path: as given, or relative to the project (``conf/accelerate/...``)."""
+    from runner import PROJECT_ROOT
+
+    p = Path(name)
+    return p if p.is_absolute() or p.exists() else PROJECT_ROOT / p
+
+
+def _check_accelerate_config(cfg: Any) -> None:
+    import importlib.util
+
+    import yaml
+
+    hw = cfg.hardware
+    if hw.launcher != "accelerate":
+        raise ConfigError("hardware.accelerate_config needs hardware.launcher=accelerate")
+    if cfg.algorithm.name != "safety_rl":
+        raise ConfigError(f"hardware.accelerate_config (FSDP / ZeRO-3) shards TRL's trainer (safety_rl); "
+                          f"{cfg.algorithm.name}'s trainer is data-parallel only: use hardware.launcher=torchrun")
+    path = accelerate_config_path(hw.accelerate_config)
+    if not path.exists():
+        raise ConfigError(f"hardware.accelerate_config {hw.accelerate_config} does not exist")
+    kind = (yaml.safe_load(path.read_text()) or {}).get("distributed_type")
+    if kind == "DEEPSPEED" and importlib.util.find_spec("deepspeed") is None:
+        raise ConfigError(f"hardware.accelerate_config {hw.accelerate_config} uses DeepSpeed: pip install deepspeed")
 
 
 def launcher_args(cfg: Any, argv: Sequence[str], run_dir: str) -> list[str]:
@@ -85,7 +110,7 @@ def launcher_args(cfg: Any, argv: Sequence[str], run_dir: str) -> list[str]:
         return ["--standalone", f"--nproc_per_node={n}", "-m", "runner", *child]
     args = ["--num_processes", str(n), "--num_machines", "1"]
     if hw.accelerate_config:
-        args += ["--config_file", str(hw.accelerate_config)]
+        args += ["--config_file", str(accelerate_config_path(hw.accelerate_config))]
     elif n > 1:
         args += ["--multi_gpu"]
     if hw.dtype in ("bfloat16", "float16"):

@@ -133,7 +133,14 @@ class ReplicaDigest(TrainerCallback):
     def __init__(self, log: Any):
         self.log = log
 
-    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+    def _log(self, state: Any, model: Any) -> None:
         if distributed.world_size() > 1 and model is not None:
             params = [p for p in model.parameters() if p.requires_grad]
             self.log({"param_digest": distributed.parameter_digest(params)}, state.global_step, "grpo_replica")
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        if state.global_step == 0:  # the initial replicas (a resumed run logged its step already)
+            self._log(state, model)
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kwargs: Any) -> None:
+        self._log(state, model)

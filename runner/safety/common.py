@@ -8,6 +8,9 @@ an HF policy (no warm start) and an LLM judge; the code path is the same.
 
 from __future__ import annotations
 
+import itertools
+import random
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +97,26 @@ def prompt_sets(dataset_cfg: DictConfig, seed: int) -> PromptSets:
                           WarmStartMix.from_mapping(dataset_cfg.params.get("mix")))
     train, evals, info = load_benchmark_sets(dataset_cfg, seed)
     return PromptSets(train, evals, extra={"data": info})
+
+
+def balance_prompts(records: Sequence[SafetyRecord], harmful_fraction: float | None,
+                    seed: int) -> list[SafetyRecord]:
+    """The training prompts with harmful ones making up ``harmful_fraction``: the benign prompts once each and
+    harmful ones drawn cyclically from a seeded shuffle (repeated if there are too few). ``None`` or a set
+    without both kinds: unchanged.
+
+    With unbalanced prompts, a policy that cannot yet tell the kinds apart gains reward by answering every
+    prompt the majority's way, and policy-gradient updates (GRPO in ``safety_rl``, REINFORCE++ in WaltzRL)
+    push it there before it learns the distinction; equal shares leave only the distinction to learn.
+    """
+    harmful = [r for r in records if r.harmful]
+    benign = [r for r in records if not r.harmful]
+    if harmful_fraction is None or not harmful or not benign:
+        return list(records)
+    order = list(harmful)
+    random.Random(seed).shuffle(order)
+    n = max(1, round(len(benign) * harmful_fraction / (1.0 - harmful_fraction)))
+    return benign + list(itertools.islice(itertools.cycle(order), n))
 
 
 def build_policy(cfg: DictConfig, ctx: RunContext, sets: PromptSets, stage: str = "warm_start"):

@@ -16,8 +16,6 @@
 
 from __future__ import annotations
 
-import itertools
-import random
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -27,11 +25,11 @@ from runner.core import distributed
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
 from runner.core.launch import launcher, num_processes
-from runner.data.safety import SafetyRecord
 from runner.models.lora import LoRAConfig, check_lora, lora_parameter_count, merged_model, peft_config
 from runner.safety.common import (
     EvalConfig,
     WarmStartConfig,
+    balance_prompts,
     build_policy,
     check_common,
     eval_sampling,
@@ -114,25 +112,6 @@ def judge_reward_fn(judge: Any):
         return [harmless_helpful_reward(v, bool(h)) for v, h in zip(verdicts, harmful)]
 
     return safety_reward
-
-
-def balance_prompts(records: list[SafetyRecord], harmful_fraction: float | None, seed: int) -> list[SafetyRecord]:
-    """The training prompts with harmful ones making up ``harmful_fraction``: the benign prompts once each and
-    harmful ones drawn cyclically from a seeded shuffle (repeated if there are too few). ``None`` or a set
-    without both kinds: unchanged.
-
-    With unbalanced prompts, a policy that cannot yet tell the kinds apart gains reward by answering every
-    prompt the majority's way, and GRPO's group-normalised updates push it there before it learns the
-    distinction; equal shares leave only the distinction to learn.
-    """
-    harmful = [r for r in records if r.harmful]
-    benign = [r for r in records if not r.harmful]
-    if harmful_fraction is None or not harmful or not benign:
-        return list(records)
-    order = list(harmful)
-    random.Random(seed).shuffle(order)
-    n = max(1, round(len(benign) * harmful_fraction / (1.0 - harmful_fraction)))
-    return benign + list(itertools.islice(itertools.cycle(order), n))
 
 
 def grpo_args(cfg: DictConfig, ctx: RunContext) -> Any:

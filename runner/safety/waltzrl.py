@@ -49,7 +49,14 @@ from runner.core.seeding import derive_seed
 from runner.data.safety import SafetyRecord
 from runner.guard.metrics import binary_metrics
 from runner.models.lora import LoRAConfig, SharedAdapters, adapter_engine, check_lora, copy_policy, is_adapter
-from runner.safety.common import EvalConfig, WarmStartConfig, check_common, prompt_sets, save_for_engine
+from runner.safety.common import (
+    EvalConfig,
+    WarmStartConfig,
+    balance_prompts,
+    check_common,
+    prompt_sets,
+    save_for_engine,
+)
 from runner.safety.evaluate import DEFAULT_REFUSAL, evaluate, guarded_system, pareto_plot, write_responses
 from runner.safety.judges import Judge, JudgeConfig, build_judge
 from runner.safety.waltzrl_guard import LearnedGuard, LearnedGuardConfig, guard_quality, train_learned_guard
@@ -91,6 +98,7 @@ class TrainConfig:
     stage1_steps: int = 40  # π_f only, all three reward terms
     stage2_steps: int = 60  # both agents, λ = stage2_label_weight
     prompts_per_step: int = 32
+    harmful_fraction: float | None = 0.5  # harmful share of the training prompts, both stages and single-model RL
     eval_every: int = 10  # held-out curve (ASR, ORR, FTR, label accuracy) every N steps; 0 disables
     eval_prompts: int | None = None  # held-out prompts per curve point (null: all)
     checkpoint_every: int = 20
@@ -157,6 +165,8 @@ class WaltzRLConfig:
         for key in ("prompts_per_step", "checkpoint_every"):
             if t[key] < 1:
                 raise ConfigError(f"algorithm.train.{key}={t[key]} must be >= 1")
+        if t.harmful_fraction is not None and not 0.0 < t.harmful_fraction < 1.0:
+            raise ConfigError(f"algorithm.train.harmful_fraction={t.harmful_fraction} must be in (0, 1) or null")
         if rl.learning_rate <= 0 or rl.temperature <= 0 or rl.beta < 0:
             raise ConfigError("algorithm.rl.learning_rate and temperature must be > 0 and beta >= 0")
         if not 0 < rl.clip_eps < 1:
@@ -323,6 +333,9 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         return res.metrics, feedback_label_metrics(res.rows, judge), res.rows
 
     systems: dict[str, dict[str, Any]] = {}
+    # RL prompts (both WaltzRL stages and single-model RL) balanced between harmful and benign: on the data's own
+    # mix a policy that cannot yet tell them apart gains reward by complying with everything
+    train = balance_prompts(sets.train, a.train.harmful_fraction, derive_seed(ctx.seed, "balance_prompts"))
 
     # ---- baselines at initialisation: base, base + guards (same sampled answers), untrained collaboration
     base_fn = single_agent_system(ag.conversation(e.temperature, e.top_p, eval_seed), a.protocol)
@@ -352,7 +365,7 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         t1 = time.perf_counter()
         single = copy_policy(conv_model, "single_model_rl")
         single_engine = _engine(cfg, ctx, single, tok, "single_model_rl_init")
-        train_single_model_rl(cfg, ctx, ag, single, single_engine, sets.train, judge, steps_single, pad_id)
+        train_single_model_rl(cfg, ctx, ag, single, single_engine, train, judge, steps_single, pad_id)
         res = evaluate(single_agent_system(ag.conversation(e.temperature, e.top_p, eval_seed, single_engine),
                                            a.protocol), sets.eval, judge, n_samples=e.n_samples)
         write_responses(ctx, "responses_single_model_rl", res.rows)
@@ -373,7 +386,7 @@ def run_waltzrl(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     t2 = time.perf_counter()
     if a.train.eval_every and not ctx.metrics("curve"):
         curve(0)
-    train_waltzrl(cfg, ctx, ag, sets.train, judge, curve, pad_id)
+    train_waltzrl(cfg, ctx, ag, train, judge, curve, pad_id)
     timing["waltzrl_train_s"] = time.perf_counter() - t2
 
     m, labels_after, rows = eval_collab(sets.eval, e.n_samples)

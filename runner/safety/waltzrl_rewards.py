@@ -111,14 +111,23 @@ def split_samples(trajs: Sequence[Trajectory], scores: Sequence[Scores],
     return fb, conv
 
 
-def batch_stats(trajs: Sequence[Trajectory], scores: Sequence[Scores]) -> dict[str, float]:
-    """Training-batch metrics: FTR, first-round label accuracy, useful-feedback rate, format rate, rewards, DIR."""
+def batch_stats(trajs: Sequence[Trajectory], scores: Sequence[Scores],
+                harmful: Sequence[bool] | None = None) -> dict[str, float]:
+    """Training-batch metrics: FTR, first-round label accuracy, useful-feedback rate, format rate, rewards, DIR;
+    with ``harmful`` (one flag per trajectory) also R_c of the first and final answers per prompt class."""
     n = max(1, len(trajs))
     rounds = [(s.r_label[t], s.r_format[t], s.dir[t], s.rf[t]) for s in scores for t in range(len(s.rf))]
     m = max(1, len(rounds))
     useful = [u for t, s in zip(trajs, scores) if t.parsed
               and (u := useful_feedback(t.parsed[0], s.truth[0])) is not None]
+    by_class = {}
+    for name, want in (("harmful", True), ("benign", False)):
+        rows = [s for s, h in zip(scores, harmful or ()) if h == want]
+        if rows:
+            by_class[f"r_c_first_{name}"] = sum(s.rc[0] for s in rows) / len(rows)
+            by_class[f"r_c_final_{name}"] = sum(s.rc[-1] for s in rows) / len(rows)
     return {
+        **by_class,
         "useful_feedback": sum(useful) / len(useful) if useful else 0.0,
         "ftr": sum(t.triggered for t in trajs) / n,
         "label_accuracy": sum(s.r_label[0] for s in scores if s.r_label) / n,

@@ -1,6 +1,7 @@
 """WaltzRL step 3, training (arXiv 2510.08240): stage 1 trains π_f alone, stage 2 trains both agents.
 
-Each step samples prompts (``group_size`` episodes each), runs the protocol with both agents sampling, scores
+Each step samples prompts (``group_size`` episodes each; harmful and benign in a fixed proportion,
+:func:`_batch_records`), runs the protocol with both agents sampling, scores
 the trajectories, splits them into single-agent samples and applies one REINFORCE++ update per trained agent
 (:mod:`runner.safety.waltzrl_rl`). Stage 1 uses all three reward terms; stage 2 drops the label term
 (λ → ``reward.stage2_label_weight``, 0 in the paper) while DIR stays gated by label correctness. The
@@ -56,10 +57,21 @@ class Agents:
 
 
 def _batch_records(train: Sequence[SafetyRecord], n: int, seed: int, group_size: int = 1) -> list[SafetyRecord]:
-    """``n`` episodes: ``n / group_size`` random prompts, each repeated ``group_size`` times (consecutively)."""
+    """``n`` episodes: ``n / group_size`` random prompts, each repeated ``group_size`` times (consecutively).
+
+    Stratified: harmful and benign prompts come in ``train``'s proportion (rounded) in every batch, so the
+    step-to-step swing in the mix does not push a policy that cannot yet tell them apart towards always
+    complying or always refusing."""
     rng = random.Random(seed)
     k = max(1, n // group_size)
-    return [rec for rec in (rng.choice(train) for _ in range(k)) for _ in range(group_size)]
+    harmful = [r for r in train if r.harmful]
+    benign = [r for r in train if not r.harmful]
+    k_h = round(k * len(harmful) / len(train)) if harmful and benign else None
+    if k_h is None:
+        picks = [rng.choice(train) for _ in range(k)]
+    else:
+        picks = [rng.choice(harmful) for _ in range(k_h)] + [rng.choice(benign) for _ in range(k - k_h)]
+    return [rec for rec in picks for _ in range(group_size)]
 
 
 def _run_stage(ctx: RunContext, stage: str, steps: int, checkpoint_every: int,
@@ -127,7 +139,7 @@ def train_waltzrl(cfg: DictConfig, ctx: RunContext, ag: Agents, train: Sequence[
             trajs = run_protocol([x.prompt for x in recs], conv, fb, ag.protocol)
             scores = score_trajectories(trajs, [x.harmful for x in recs], judge, r.alpha, lam, r.gamma)
             fb_samples, conv_samples = split_samples(trajs, scores, [k // rl.group_size for k in range(len(recs))])
-            metrics = batch_stats(trajs, scores)
+            metrics = batch_stats(trajs, scores, [x.harmful for x in recs])
             metrics.update({f"fb_{k}": v for k, v in fb_trainer.step(fb_samples).items()})
             ag.fb_engine.update_weights(ag.fb_model)
             if train_conv:
@@ -179,7 +191,12 @@ def train_single_model_rl(cfg: DictConfig, ctx: RunContext, ag: Agents, model: A
         verdicts = judge.judge([x.prompt for x in recs], [c.text for c in turns])
         samples = [Sample(c.prompt_ids, c.token_ids, conversation_reward(v, x.harmful), "conversation_first",
                           k // a.rl.group_size) for k, (c, v, x) in enumerate(zip(turns, verdicts, recs))]
-        ctx.log(trainer.step(samples), step, "single_model_rl")
+        metrics = trainer.step(samples)
+        for name, want in (("harmful", True), ("benign", False)):
+            rs = [s.reward for s, x in zip(samples, recs) if x.harmful == want]
+            if rs:
+                metrics[f"r_c_{name}"] = sum(rs) / len(rs)
+        ctx.log(metrics, step, "single_model_rl")
         engine.update_weights(model)
 
     _run_stage(ctx, "single_model_rl", steps, a.train.checkpoint_every, {"conversation": trainer}, step_fn)

@@ -105,7 +105,7 @@ def launcher_args(cfg: Any, argv: Sequence[str], run_dir: str) -> list[str]:
     """The launcher's own argument list for re-running ``python -m runner argv`` in ``run.dir=run_dir``."""
     hw = cfg.hardware
     n = num_processes(hw)
-    child = [a for a in argv if not a.startswith("run.dir=")] + [f"run.dir={run_dir}"]
+    child = [a for a in argv if not a.startswith(("run.dir=", "hardware.print_launch="))] + [f"run.dir={run_dir}"]
     if launcher(cfg) == "torchrun":
         return ["--standalone", f"--nproc_per_node={n}", "-m", "runner", *child]
     args = ["--num_processes", str(n), "--num_machines", "1"]

@@ -414,7 +414,8 @@ def _build_agents(cfg: DictConfig, ctx: RunContext, sets: Any) -> tuple[Any, Any
     from runner.models.builder import build_model_and_tokenizer
 
     base, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
-    save_for_engine(base, tok, ctx, "base")  # vLLM serves the saved base and each adapter as a LoRA request
+    if cfg.model.kind == "tiny":  # vLLM serves the base from disk (an hf model already is) with LoRA requests
+        save_for_engine(base, tok, ctx, "base")
     shared = SharedAdapters(base, cfg.algorithm.lora, ["conversation", "feedback"])
     conv_model, _ = build_agent(cfg, ctx, sets, "conversation", model=shared.view("conversation"))
     fb_model, _ = build_agent(cfg, ctx, sets, "feedback", model=shared.view("feedback"))

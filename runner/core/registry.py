@@ -8,7 +8,7 @@ Kinds:
 - ``schema.<group>``: the dataclass schema of a config group option, keyed by the option's ``name``
   (``schema.algorithm`` is required for every algorithm; other groups fall back to a default schema);
 - ``trainer``, ``evaluator``, ``simulator``, ``rollout``, ``judge``, ``logger``, ``embedder``,
-  ``fl_backend``: components that the methods look up by the name written in the config.
+  ``fl_backend``, ``fl_codec``: components that the methods look up by the name written in the config.
 
 Extras: entries whose import needs an optional dependency name it, so a missing one says what to install.
 """
@@ -39,6 +39,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         "fred": _e("runner.privacy.fred:run_fred"),
         "fedbuff": _e("runner.federated.recipes:run_fedbuff"),
         "papaya": _e("runner.federated.recipes:run_papaya"),
+        "fedsynth": _e("runner.federated.fedsynth:run_fedsynth"),
         "guard_eval": _e("runner.guard.evaluate:run_guard_eval"),
         "llamaguard_1b_int4": _e("runner.guard.pipeline:run_llamaguard_1b_int4"),
         "safety_rl": _e("runner.safety.safety_rl:run_safety_rl"),
@@ -52,6 +53,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         "fred": _e("runner.privacy.fred:FredConfig"),
         "fedbuff": _e("runner.federated.recipes:FedBuffConfig"),
         "papaya": _e("runner.federated.recipes:PapayaConfig"),
+        "fedsynth": _e("runner.federated.fedsynth:FedSynthConfig"),
         "guard_eval": _e("runner.guard.evaluate:GuardEvalConfig"),
         "llamaguard_1b_int4": _e("runner.guard.pipeline:LlamaGuard1BInt4Config"),
         "safety_rl": _e("runner.safety.safety_rl:SafetyRLConfig"),
@@ -82,6 +84,10 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     "fl_backend": {
         "local": _e("runner.federated.backends:LocalBackend"),
         "ray": _e("runner.federated.backends:RayBackend", extra="dist"),
+    },
+    "fl_codec": {
+        "fedsynth": _e("runner.federated.fedsynth:FedSynthCodec"),
+        "random_mask": _e("runner.federated.fedsynth:RandomMaskCodec"),
     },
     "rollout": {
         "hf": _e("runner.rollout.hf:HFEngine"),

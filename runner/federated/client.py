@@ -12,11 +12,12 @@ from __future__ import annotations
 import copy
 from collections.abc import Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Protocol
 
 import numpy as np
 import torch
 import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
 from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils.rnn import pad_sequence
@@ -33,6 +34,8 @@ class TrainPlan:
     y: torch.Tensor
     idx: torch.Tensor  # [steps, batch] indices into the shard
     mask: torch.Tensor  # [steps, batch] 1 for real examples, 0 for padding
+    cid: int = -1  # the client and its draw (participation), which seed an update codec's randomness
+    draw: int = -1
 
     @property
     def examples(self) -> int:
@@ -69,6 +72,27 @@ class ParamSpace:
         return out
 
 
+class UpdateCodec(Protocol):
+    """What a client uploads in place of its update Δ (FedSynth's synthetic set, a random mask; see
+    :mod:`runner.federated.fedsynth`): ``upload_floats`` numbers, from which the server reconstructs Δ̂.
+    Called on a batch of clients: start models [n, P], updates Δ [n, P], their plans → Δ̂ [n, P]."""
+
+    upload_floats: int
+
+    def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor: ...
+
+
+def make_codec(cfg: Any, trainer: LocalTrainer) -> UpdateCodec | None:
+    """The codec ``cfg`` names (``{name: fedsynth | random_mask, ...its options}``, registry kind
+    ``fl_codec``); None (or ``name: none``): clients upload their full update."""
+    if cfg is None or cfg.get("name", "none") == "none":
+        return None
+    from runner.core import registry
+
+    opts = OmegaConf.to_container(cfg) if isinstance(cfg, DictConfig) else dict(cfg)
+    return registry.get("fl_codec", opts.pop("name"))(opts, trainer)
+
+
 class LocalTrainer:
     """Local SGD for a population: plans, the one-by-one reference and the vectorised path."""
 
@@ -78,6 +102,12 @@ class LocalTrainer:
         self.batch_size, self.local_steps = int(cfg.batch_size), int(cfg.local_steps)
         self.local_epochs, self.lr = (int(cfg.local_epochs) if cfg.local_epochs else None), float(cfg.lr)
         self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
+        self.codec = make_codec(cfg.get("codec"), self)
+
+    @property
+    def upload_floats(self) -> int:
+        """Floats one client uploads: its codec's size, or the whole update."""
+        return self.codec.upload_floats if self.codec is not None else self.space.size
 
     # ------------------------------------------------------------------ the client's plan
     def plan(self, cid: int, draw: int) -> TrainPlan:
@@ -99,7 +129,7 @@ class LocalTrainer:
         else:  # each step: min(b, n) distinct examples (the first columns of a random permutation per step)
             idx = np.argsort(rng.random((self.local_steps, n)), axis=1)[:, :b].astype(np.int64)
             mask = np.ones(idx.shape, np.float32)
-        return TrainPlan(x, y, torch.from_numpy(idx), torch.from_numpy(mask))
+        return TrainPlan(x, y, torch.from_numpy(idx), torch.from_numpy(mask), cid, draw)
 
     # ------------------------------------------------------------------ one by one (reference)
     def train_one(self, x0: torch.Tensor, plan: TrainPlan) -> torch.Tensor:
@@ -140,11 +170,14 @@ class LocalTrainer:
         return flat - x0s
 
     def train(self, x0s: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
-        """Δ for each plan, vectorised in chunks of ``max_batch`` if ``cfg.vectorize`` else one by one."""
+        """Δ for each plan, vectorised in chunks of ``max_batch`` if ``cfg.vectorize`` else one by one; with a
+        codec, the Δ̂ the server reconstructs from each client's upload."""
         if not self.cfg.vectorize:
-            return torch.stack([self.train_one(x0, p) for x0, p in zip(x0s, plans)])
-        m = self.cfg.max_batch
-        return torch.cat([self.train_many(x0s[i:i + m], plans[i:i + m]) for i in range(0, len(plans), m)])
+            deltas = torch.stack([self.train_one(x0, p) for x0, p in zip(x0s, plans)])
+        else:
+            m = self.cfg.max_batch
+            deltas = torch.cat([self.train_many(x0s[i:i + m], plans[i:i + m]) for i in range(0, len(plans), m)])
+        return deltas if self.codec is None else self.codec(x0s, deltas, plans)
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -129,6 +129,7 @@ class Simulator:
         self.x, self.version, self.t = x0.clone(), 0, 0.0
         self.trainer, self.backend, self.population, self.cfg, self.seed = trainer, backend, population, cfg, seed
         self.model_bytes = 4.0 * x0.numel()
+        self.upload_bytes = 4.0 * trainer.upload_floats  # the full update, or what its update codec uploads
         self.in_flight: dict[int, Task] = {}
         self.busy: dict[int, int] = {}  # client id -> tasks in flight (a device trains one task at a time)
         self.c = Counters()
@@ -152,7 +153,7 @@ class Simulator:
         cid = self.population.select(self._select_rng, self.t, self.busy)
         tid, self._next_task = self._next_task, self._next_task + 1
         plan = self.trainer.plan(cid, tid)
-        nbytes = 2 * self.model_bytes + extra_bytes
+        nbytes = self.model_bytes + self.upload_bytes + extra_bytes
         if extra_seconds:
             nbytes += extra_seconds * self.population.profile(cid).bandwidth
         timing = self.population.timing(cid, tid, self.t, plan.examples, nbytes)
@@ -316,7 +317,7 @@ class Simulator:
                 delta = self._delta(payload, server)
                 self._release(payload, payload.compute)
                 self.c.client_updates += 1
-                self.c.bytes_up += self.model_bytes
+                self.c.bytes_up += self.upload_bytes
                 if self.valid(delta):
                     server.on_update(self, payload, delta)
                 else:

@@ -1,0 +1,358 @@
+"""FedSynth (Hu et al. 2022, arXiv 2204.01273): a client uploads a small learned synthetic set instead of its update.
+
+Client k, downloaded global model w, real update Δ = w_k − w from its usual local training:
+
+1. initialise a synthetic set S = (X̃ ∈ R^{m×dim x}, soft-label logits Ỹ ∈ R^{m×C}, step size η̃);
+2. ``learn_synthetic_set``: for t = 1..T, Δ_syn(S) = ``replay_inner_steps``(w, S) — ``inner_steps`` SGD steps
+   w ← w − η̃ ∇_w CE(f(X̃; w), softmax(Ỹ)) from w — and S ← Adam(S, ∇_S ‖Δ_syn(S) − Δ‖² / ‖Δ‖²), by
+   backpropagation through the unrolled inner steps (``torch.func.grad`` of ``torch.func.grad``, vmapped
+   over clients); keep each client's best S;
+3. upload S: m·(dim x + C) floats, + 1 for a learned η̃.
+
+Server: Δ̂ = ``replay_inner_steps``(w, S), then aggregation as usual (any server mode).
+
+Baseline at the same upload size: ``random_mask`` — k coordinates of Δ chosen by a seed the server shares
+(derived from (seed, client, draw), so no indices are uploaded), optionally rescaled by P/k (unbiased).
+
+Both are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
+the floats a client uploads, which the simulator's clock charges.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from omegaconf import DictConfig, OmegaConf
+from torch.func import functional_call, grad, vmap
+
+from runner.core.context import RunContext
+from runner.core.errors import ConfigError
+from runner.core.report import markdown_table
+from runner.core.seeding import derive_seed
+from runner.federated.backends import TrainerSpec, make_backend
+from runner.federated.client import LocalTrainer, TrainPlan
+from runner.federated.config import ServerConfig, SimulationConfig, check_server, check_simulation
+from runner.federated.recipes import Experiment
+
+
+# --------------------------------------------------------------------------- the synthetic set
+@dataclass
+class SyntheticSet:
+    """What a FedSynth client uploads (leading dims may batch clients): inputs, soft-label logits, log η̃."""
+
+    x: torch.Tensor  # [m, *input_shape]
+    y_logits: torch.Tensor  # [m, C]
+    log_lr: torch.Tensor  # [] (learned, uploaded) or a fixed value known to the server
+
+
+def synthetic_floats(examples: int, input_dim: int, num_classes: int, learn_lr: bool) -> int:
+    """|X̃|·dim(x) + |Ỹ|·classes (+ 1 for a learned step size): the paper's upload cost."""
+    return examples * (input_dim + num_classes) + int(learn_lr)
+
+
+class InnerProblem:
+    """The model as a function of flat parameters, for the inner SGD steps on a synthetic set."""
+
+    def __init__(self, trainer: LocalTrainer):
+        self.model, self.space = trainer.model, trainer.space
+
+    def loss(self, w: torch.Tensor, x: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
+        """Mean cross-entropy of f(x; w) against soft labels ``soft`` (rows on the simplex)."""
+        logits = functional_call(self.model, self.space.unflatten(w), (x,))
+        return -(soft * F.log_softmax(logits, dim=-1)).sum(-1).mean()
+
+
+def replay_inner_steps(problem: InnerProblem, w: torch.Tensor, s: SyntheticSet, inner_steps: int) -> torch.Tensor:
+    """Δ_syn: ``inner_steps`` full-batch SGD steps from w on S, w ← w − η̃ ∇_w CE(f(X̃; w), softmax(Ỹ)).
+
+    The server runs exactly this on the uploaded S; the client runs it inside ``learn_synthetic_set`` (where
+    it is differentiated through with respect to S).
+    """
+    soft = torch.softmax(s.y_logits, dim=-1)
+    lr = torch.exp(s.log_lr)
+    g = grad(problem.loss)
+    wj = w
+    for _ in range(inner_steps):
+        wj = wj - lr * g(wj, s.x, soft)
+    return wj - w
+
+
+def learn_synthetic_set(problem: InnerProblem, w: torch.Tensor, delta: torch.Tensor, init: SyntheticSet,
+                        inner_steps: int, iterations: int, lr: float, learn_lr: bool = True,
+                        learn_labels: bool = True) -> tuple[SyntheticSet, torch.Tensor]:
+    """Fit S for a batch of n clients at once: minimise ‖Δ_syn(S) − Δ‖² / ‖Δ‖² with Adam for ``iterations``.
+
+    ``w`` and ``delta`` are [n, P]; ``init`` holds [n, ...] tensors. Returns each client's best S (lowest
+    relative error, the initialisation included) and that error, [n].
+    """
+
+    def relative_error(x: torch.Tensor, y_logits: torch.Tensor, log_lr: torch.Tensor, w1: torch.Tensor,
+                       d1: torch.Tensor) -> torch.Tensor:
+        r = replay_inner_steps(problem, w1, SyntheticSet(x, y_logits, log_lr), inner_steps) - d1
+        return (r * r).sum() / (d1 * d1).sum().clamp_min(1e-30)
+
+    argnums = (0, *((1,) if learn_labels else ()), *((2,) if learn_lr else ()))
+    err_and_grad = vmap(torch.func.grad_and_value(relative_error, argnums=argnums))
+    params = [init.x.clone(), init.y_logits.clone(), init.log_lr.clone()]
+    learned = [params[i] for i in argnums]
+    opt = torch.optim.Adam(learned, lr=lr)
+    best = [p.clone() for p in params]
+    best_err = torch.full((w.shape[0],), math.inf)
+    for t in range(iterations + 1):
+        grads, err = err_and_grad(*params, w, delta)
+        better = err < best_err  # the error of the current parameters (before this step)
+        best_err = torch.where(better, err, best_err)
+        for b, p in zip(best, params):
+            b[better] = p[better]
+        if t == iterations:
+            break
+        for p, g in zip(learned, grads):
+            p.grad = torch.nan_to_num(g)
+        opt.step()
+    return SyntheticSet(*best), best_err
+
+
+# --------------------------------------------------------------------------- random masking (baseline)
+def random_mask(delta: torch.Tensor, k: int, seed: int, rescale: bool) -> torch.Tensor:
+    """Δ restricted to k coordinates drawn uniformly without replacement from ``seed`` (the server draws the
+    same ones, so only the k values are uploaded); × P/k when ``rescale`` (then E[Δ̂] = Δ)."""
+    p = delta.numel()
+    gen = torch.Generator().manual_seed(seed)
+    idx = torch.randperm(p, generator=gen)[:k]
+    out = torch.zeros_like(delta)
+    out[idx] = delta[idx] * (p / k if rescale else 1.0)
+    return out
+
+
+# --------------------------------------------------------------------------- update codecs
+@dataclass
+class FedSynthOptions:
+    """How a FedSynth client builds and learns its synthetic set (the set's size m is the upload budget)."""
+
+    inner_steps: int = 1  # full-batch SGD steps the server replays on the set
+    iterations: int = 100  # Adam steps fitting the set to Δ
+    lr: float = 0.05  # Adam learning rate
+    learn_lr: bool = True  # learn (and upload) the step size η̃; else the server uses init_lr
+    learn_labels: bool = True  # learn the soft labels (else the initial ones)
+    init: str = "real"  # real: X̃, Ỹ start at m of the client's examples and labels | mean: at the means and label
+    # frequencies of m random groups of its examples | noise: X̃ ~ N(0, 1), uniform Ỹ
+    init_lr: float | None = None  # η̃ at the start; null: client lr × local steps (or epochs) / inner_steps
+    label_scale: float = 3.0  # initial logits: label_scale × (one-hot label, or label frequencies)
+
+    @staticmethod
+    def check(o: Any, key: str) -> None:
+        if o.inner_steps < 1 or o.iterations < 0:
+            raise ConfigError(f"{key}.inner_steps must be >= 1 and {key}.iterations >= 0")
+        if o.lr <= 0 or (o.init_lr is not None and o.init_lr <= 0):
+            raise ConfigError(f"{key}.lr and {key}.init_lr must be > 0")
+        if o.init not in ("real", "mean", "noise"):
+            raise ConfigError(f"{key}.init='{o.init}' must be real, mean or noise")
+
+
+class FedSynthCodec:
+    """Δ → the synthetic set of ``examples`` inputs a client learns and uploads → the Δ_syn the server replays."""
+
+    def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
+        opts = dict(cfg)
+        self.examples = int(opts.pop("examples"))
+        self.cfg = FedSynthOptions(**opts)
+        FedSynthOptions.check(self.cfg, "fedsynth")
+        if self.examples < 1:
+            raise ConfigError(f"fedsynth: the synthetic set needs >= 1 example, got {self.examples}")
+        data = trainer.data
+        if not data.input_dtype.is_floating_point:
+            raise ConfigError("FedSynth learns continuous synthetic inputs, but the dataset's inputs are tokens "
+                              f"({data.input_dtype}): use an image or feature dataset")
+        self.problem = InnerProblem(trainer)
+        self.input_shape, self.num_classes, self.seed = tuple(data.input_shape), data.num_classes, trainer.seed
+        steps = trainer.local_epochs or trainer.local_steps
+        self.init_lr = self.cfg.init_lr or trainer.lr * steps / self.cfg.inner_steps
+        self.upload_floats = synthetic_floats(self.examples, math.prod(self.input_shape), self.num_classes,
+                                              self.cfg.learn_lr)
+
+    def initial_set(self, plan: TrainPlan) -> SyntheticSet:
+        """The client's starting S, drawn from ``(seed, client, draw)``."""
+        c, m = self.cfg, self.examples
+        gen = torch.Generator().manual_seed(derive_seed(self.seed, "fedsynth-init", plan.cid, plan.draw))
+        n = len(plan.y)
+        if c.init == "real":
+            rows = torch.randperm(n, generator=gen)[:m] if n >= m else torch.randint(n, (m,), generator=gen)
+            x = plan.x[rows].to(torch.float32).clone()
+            y = c.label_scale * F.one_hot(plan.y[rows], self.num_classes).to(torch.float32)
+        elif c.init == "mean":  # m random groups of the shard: each group's mean input and label frequencies
+            group = torch.randperm(n, generator=gen) % m if n >= m else torch.randint(m, (n,), generator=gen)
+            onehot = F.one_hot(group, m).to(torch.float32).T  # [m, n]
+            size = onehot.sum(1, keepdim=True).clamp_min(1.0)
+            x = (onehot @ plan.x.to(torch.float32).reshape(n, -1) / size).reshape(m, *self.input_shape)
+            freq = onehot @ F.one_hot(plan.y, self.num_classes).to(torch.float32) / size
+            y = c.label_scale * freq
+        else:
+            x = torch.randn((m, *self.input_shape), generator=gen)
+            y = torch.zeros(m, self.num_classes)
+        return SyntheticSet(x, y, torch.tensor(math.log(self.init_lr)))
+
+    def encode(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> SyntheticSet:
+        """Client side: learn each client's S from its start model and real update (batched over clients)."""
+        inits = [self.initial_set(p) for p in plans]
+        init = SyntheticSet(*(torch.stack([getattr(s, f) for s in inits]) for f in ("x", "y_logits", "log_lr")))
+        c = self.cfg
+        learned, _ = learn_synthetic_set(self.problem, x0s, deltas, init, c.inner_steps, c.iterations, c.lr,
+                                         c.learn_lr, c.learn_labels)
+        return learned
+
+    def decode(self, w: torch.Tensor, s: SyntheticSet) -> torch.Tensor:
+        """Server side: Δ̂ = the inner steps replayed on one client's upload from the model w it downloaded."""
+        with torch.no_grad():
+            return replay_inner_steps(self.problem, w, s, self.cfg.inner_steps)
+
+    def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        s = self.encode(x0s, deltas, plans)
+        return torch.stack([self.decode(w, SyntheticSet(s.x[i], s.y_logits[i], s.log_lr[i]))
+                            for i, w in enumerate(x0s)])
+
+
+@dataclass
+class RandomMaskOptions:
+    """Random masking (the size k is the upload budget)."""
+
+    rescale: bool = False  # × P/k, unbiased (E[Δ̂] = Δ), or not
+
+
+class RandomMaskCodec:
+    """Δ → ``floats`` of its coordinates, at positions both sides derive from ``(seed, client, draw)``."""
+
+    def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
+        opts = dict(cfg)
+        self.upload_floats = int(opts.pop("floats"))
+        self.cfg = RandomMaskOptions(**opts)
+        if not 1 <= self.upload_floats <= trainer.space.size:
+            raise ConfigError(f"random_mask: floats={self.upload_floats} must be in [1, {trainer.space.size}] "
+                              "(the model's parameters)")
+        self.seed = trainer.seed
+
+    def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        return torch.stack([random_mask(d, self.upload_floats, derive_seed(self.seed, "random-mask", p.cid, p.draw),
+                                        self.cfg.rescale) for d, p in zip(deltas, plans)])
+
+
+# --------------------------------------------------------------------------- the recipe
+@dataclass
+class MethodServerLR:
+    """Each method's server learning rate, tuned per method as a practitioner would; null: ``server.lr``."""
+
+    full: float | None = None
+    fedsynth: float | None = None
+    random_mask: float | None = None
+
+
+@dataclass
+class FedSynthConfig(SimulationConfig):
+    """Full update vs FedSynth vs random masking at equal upload sizes, on one population, clock and server mode.
+
+    Each budget is a synthetic-set size m (``synthetic_examples``); random masking uploads the same number of
+    floats, m·(dim x + C) (+ 1 for a learned step size).
+    """
+
+    name: str = "fedsynth"
+    server: ServerConfig = field(default_factory=lambda: ServerConfig(mode="fedavg"))
+    synthetic_examples: list[int] = field(default_factory=lambda: [1, 3, 10])
+    fedsynth: FedSynthOptions = field(default_factory=FedSynthOptions)
+    random_mask: RandomMaskOptions = field(default_factory=RandomMaskOptions)
+    server_lr: MethodServerLR = field(default_factory=lambda: MethodServerLR())
+
+    @staticmethod
+    def validate(cfg: DictConfig) -> None:
+        check_simulation(cfg)
+        a = cfg.algorithm
+        check_server(a.server, "algorithm.server")
+        FedSynthOptions.check(a.fedsynth, "algorithm.fedsynth")
+        sizes = list(a.synthetic_examples)
+        if not sizes or any(m < 1 for m in sizes) or len(set(sizes)) != len(sizes):
+            raise ConfigError(f"algorithm.synthetic_examples={sizes} must be distinct integers >= 1 (one per budget)")
+        if any(v is not None and v <= 0 for v in a.server_lr.values()):
+            raise ConfigError(f"algorithm.server_lr={dict(a.server_lr)}: each must be > 0 or null (server.lr)")
+        if cfg.dataset.kind in ("sent140", "shakespeare"):
+            raise ConfigError(f"dataset={cfg.dataset.name}: FedSynth learns continuous synthetic inputs, "
+                              "and this dataset's inputs are tokens (use an image or feature dataset)")
+
+
+def _use_codec(exp: Experiment, cfg: DictConfig, codec: dict[str, Any] | None) -> int:
+    """Point the experiment's trainer and backend at clients that upload through ``codec``; its upload floats."""
+    client = {**OmegaConf.to_container(cfg.algorithm.client, resolve=True), "codec": codec}
+    spec = TrainerSpec(OmegaConf.to_container(cfg.dataset, resolve=True),
+                       OmegaConf.to_container(cfg.model, resolve=True), client, exp.ctx.seed)
+    exp.backend.close()
+    exp.trainer = LocalTrainer(exp.trainer.model, exp.trainer.data, OmegaConf.create(client), exp.ctx.seed)
+    exp.backend = make_backend(cfg.algorithm.backend, exp.trainer, spec)
+    return exp.trainer.upload_floats
+
+
+def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
+    """The full update, then FedSynth and random masking at each budget; final accuracy vs upload floats."""
+    a = cfg.algorithm
+    exp = Experiment(cfg, ctx)
+    num_params = int(exp.x0.numel())
+    concurrency = a.server.concurrency or a.concurrency
+    fedsynth_opts = OmegaConf.to_container(a.fedsynth, resolve=True)
+    mask_opts = OmegaConf.to_container(a.random_mask, resolve=True)
+
+    def stage(name: str, codec: dict[str, Any] | None) -> dict[str, Any]:
+        floats = _use_codec(exp, cfg, codec)
+        method = codec["name"] if codec else "full"
+        server = OmegaConf.merge(a.server, {"lr": a.server_lr[method] or a.server.lr})
+        r = exp.simulate(name, server, concurrency)
+        return {**{k: r[k] for k in _REPORTED}, "upload_floats": floats, "upload_fraction": floats / num_params,
+                "history": r["history"]}
+
+    try:
+        runs = {"full": stage("full", None)}
+        by_budget: dict[str, dict[str, Any]] = {}
+        for m in a.synthetic_examples:
+            fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts})
+            k = fs["upload_floats"]
+            rm = stage(f"random_mask_k{k}", {"name": "random_mask", "floats": k, **mask_opts})
+            runs[f"fedsynth {k} floats"], runs[f"random mask {k} floats"] = fs, rm
+            by_budget[str(k)] = {"synthetic_examples": m, "fedsynth": fs, "random_mask": rm}
+    finally:
+        exp.close()
+
+    ctx.write_json("curves.json", {k: v["history"] for k, v in runs.items()})
+    ctx.plot("accuracy_vs_updates", {k: ([p["client_updates"] for p in v["history"]],
+                                         [p["accuracy"] for p in v["history"]]) for k, v in runs.items()},
+             "client updates", "test accuracy", title=f"{cfg.dataset.name}: {a.server.mode}")
+    floats = [int(k) for k in by_budget]
+    full = runs["full"]
+    logk = [math.log10(k) for k in floats]
+    ctx.plot("accuracy_vs_upload_floats", {
+        "fedsynth": (logk, [by_budget[str(k)]["fedsynth"]["final_accuracy"] for k in floats]),
+        "random mask": (logk, [by_budget[str(k)]["random_mask"]["final_accuracy"] for k in floats]),
+        "full update": ([math.log10(num_params)], [full["final_accuracy"]]),
+    }, "upload floats per client (log10)", "final test accuracy",
+        title=f"{cfg.dataset.name}: {num_params:,} parameters, {a.max_client_updates} updates")
+    rows = [{"upload floats": k, "% of model": 100.0 * k / num_params, "m": by_budget[str(k)]["synthetic_examples"],
+             "fedsynth": by_budget[str(k)]["fedsynth"]["final_accuracy"],
+             "random mask": by_budget[str(k)]["random_mask"]["final_accuracy"]} for k in floats]
+    rows.append({"upload floats": num_params, "% of model": 100.0, "m": "full update",
+                 "fedsynth": full["final_accuracy"], "random mask": full["final_accuracy"]})
+    ctx.notes.append("Final test accuracy by upload size per client (FedSynth's synthetic set of m examples vs "
+                     "random masking of the same number of floats):\n\n"
+                     + markdown_table(rows, ["upload floats", "% of model", "m", "fedsynth", "random mask"]))
+    strip = {"history"}
+    return {"num_parameters": num_params, "server_mode": a.server.mode,
+            "server_lr": {m: a.server_lr[m] or a.server.lr for m in _METHODS},
+            "random_mask_rescaled": bool(a.random_mask.rescale),
+            "full": {k: v for k, v in full.items() if k not in strip},
+            "by_budget": {k: {"synthetic_examples": b["synthetic_examples"],
+                              **{n: {f: v for f, v in b[n].items() if f not in strip}
+                                 for n in ("fedsynth", "random_mask")}}
+                          for k, b in by_budget.items()}}
+
+
+_METHODS = ("full", "fedsynth", "random_mask")
+_REPORTED = ("final_accuracy", "best_accuracy", "initial_accuracy", "client_updates", "server_steps", "bytes",
+             "sim_time", "rejected_updates")

@@ -15,7 +15,11 @@ Baseline at the same upload size: ``random_mask`` — k coordinates of Δ chosen
 (derived from (seed, client, draw), so no indices are uploaded), optionally rescaled by P/k (unbiased).
 
 Both are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
-the floats a client uploads, which the simulator's clock charges.
+the floats a client uploads, which the simulator's clock charges (the extra on-device compute of fitting S is
+not charged: a device's compute time is that of its local training). S starts (``init``) at m of the client's
+examples and their one-hot labels, at the means and label frequencies of m random groups of its examples
+(``mean``, the recipe's default), or at noise. The server must see each client's S to replay it, so FedSynth
+does not compose with secure aggregation of updates.
 """
 
 from __future__ import annotations

@@ -1,8 +1,10 @@
 """Model selection: a λ path from λ_max downward with warm starts, and cross-validation within individuals.
 
     λ_max: (λ1_max, λ2_max) at which β_pen = 0, L = 0 is optimal (unpenalised constants fitted);
-    path:  (λ1, λ2)_k = t_k · (λ1_max, c·λ2_max),  t_k geometric from 1 down to ``min_ratio``, for each
-           scale c in ``lambda2_scales``; each fit starts from the previous one (warm start).
+    grid:  the 2-D product λ1 ∈ t·λ1_max, λ2 ∈ u·λ2_max, t (``n_lambdas`` values) and u (``n_lambda2``) geometric
+           from 1 down to ``min_ratio``; ordered as one λ1 path (large to small) per λ2 (large to small). Each
+           fit warm-starts from the previous one on its λ1 path; the first of a path from the first of the
+           previous path (the neighbouring λ2).
     CV:    every individual's observations are dealt into K folds (so each fold's training part still has
            every individual, which L_i needs); the held-out mean negative log-likelihood is averaged over
            folds; the selected λ minimises it, or with ``one_se`` is the most parsimonious grid point within
@@ -27,20 +29,20 @@ from runner.choice.fista import fista
 from runner.choice.model import Fit, LatentLogitProblem, predict_log_probs
 
 
-def lambda_grid(data: ChoiceData, n_lambdas: int, min_ratio: float, lambda2_scales: list[float],
+def lambda_grid(data: ChoiceData, n_lambdas: int, min_ratio: float, n_lambda2: int = 1,
                 center: bool = True, weights: np.ndarray | None = None, lambda2: float | None = None
                 ) -> tuple[list[tuple[float, float]], np.ndarray]:
-    """The (λ1, λ2) grid (one geometric path per scale, each from large to small) and the unpenalised fit;
+    """The (λ1, λ2) grid (one geometric λ1 path per λ2, both from large to small) and the unpenalised fit;
     ``weights``: the ℓ1 weights (see :class:`LatentLogitProblem`), which set λ1_max. With ``lambda2`` given,
-    one path in λ1 alone, (t_k·λ1_max, lambda2) (``lambda2_scales`` unused)."""
+    one path in λ1 alone, (t_k·λ1_max, lambda2)."""
     beta_u = fit_plain_logit(data, np.flatnonzero(~data.penalized))
     problem = LatentLogitProblem(data, center=center, weights=weights)
     l1max, l2max = problem.lambda_max(torch.as_tensor(beta_u))
     ts = np.geomspace(1.0, min_ratio, n_lambdas)
     if lambda2 is not None:
         return [(float(t * l1max), float(lambda2)) for t in ts], beta_u
-    grid = [(float(t * l1max), float(t * c * l2max)) for c in lambda2_scales for t in ts]
-    return grid, beta_u
+    us = np.geomspace(1.0, min_ratio, n_lambda2)
+    return [(float(t * l1max), float(u * l2max)) for u in us for t in ts], beta_u
 
 
 def fit_path(data: ChoiceData, grid: list[tuple[float, float]], n_per_path: int, beta_start: np.ndarray,
@@ -54,9 +56,9 @@ def fit_path(data: ChoiceData, grid: list[tuple[float, float]], n_per_path: int,
         if solve is not None:
             fits.append(solve(lam1, lam2))
             continue
-        warm = k % n_per_path != 0
-        beta0 = fits[-1].beta if warm else beta_start
-        L0 = fits[-1].L if warm else None
+        start = fits[-1] if k % n_per_path else (fits[k - n_per_path] if k else None)
+        beta0 = beta_start if start is None else start.beta
+        L0 = None if start is None else start.L
         fits.append(fista(problem, lam1, lam2, beta0, L0, **fista_kw))
     return fits
 
@@ -109,15 +111,15 @@ class PathSelection:
         return self.fits[self.cv.best]
 
 
-def select_path(data: ChoiceData, n_lambdas: int, min_ratio: float, lambda2_scales: list[float], n_folds: int,
+def select_path(data: ChoiceData, n_lambdas: int, min_ratio: float, n_lambda2: int, n_folds: int,
                 seed: int, one_se: bool = True, device: str = "cpu", center: bool = True,
                 weights: np.ndarray | None = None, lambda2: float | None = None, progress: Callable | None = None,
                 cv_tol: float = 1e-6, **fista_kw) -> PathSelection:
     """λ grid for the ℓ1 ``weights`` (a λ1-only path at a fixed ``lambda2`` if given), K-fold CV within
-    individuals (at ``cv_tol``) and the warm-started path on all of ``data`` (``fista_kw``: tolerance and
-    iterations of the path fits)."""
-    grid, beta_u = lambda_grid(data, n_lambdas, min_ratio, lambda2_scales, center, weights, lambda2)
+    individuals and the warm-started path on all of ``data``, both at ``cv_tol`` (``fista_kw``: iterations;
+    the caller re-solves the selected point at its final tolerance)."""
+    grid, beta_u = lambda_grid(data, n_lambdas, min_ratio, n_lambda2, center, weights, lambda2)
     cv_kw = {**fista_kw, "tol": cv_tol}
     cv = cross_validate(data, grid, n_lambdas, n_folds, seed, one_se, device, center, progress, weights, **cv_kw)
-    fits = fit_path(data, grid, n_lambdas, beta_u, device=device, center=center, weights=weights, **fista_kw)
+    fits = fit_path(data, grid, n_lambdas, beta_u, device=device, center=center, weights=weights, **cv_kw)
     return PathSelection(grid, fits, cv, beta_u)

@@ -77,7 +77,7 @@ def test_adaptive_lasso_recovers_the_support_the_cv_lasso_over_selects():
         train, _ = heldout_split(data, 0.2, 0)
         pen = train.penalized
         true_support = set(np.flatnonzero((truth.beta != 0) & pen))
-        kw = dict(n_lambdas=6, min_ratio=0.02, lambda2_scales=[1.0, 3.0], n_folds=3, seed=0, one_se=True,
+        kw = dict(n_lambdas=6, min_ratio=0.02, n_lambda2=4, n_folds=3, seed=0, one_se=True,
                   cv_tol=1e-6, tol=1e-8)
         lasso = select_path(train, **kw)
         lasso_support = set(lasso.selected.support()) & set(np.flatnonzero(pen))

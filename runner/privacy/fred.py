@@ -6,14 +6,20 @@ Algorithm box:
 2. (Optional, public) project embeddings onto the top ``projection_dim`` principal directions of the
    union of the public candidates, centred at their mean: a public, data-independent-of-clients map that
    shrinks the covariance release from d² to k² entries. Unverified against the paper; null disables it.
-3. Clients cap their samples, clip each embedding to norm C, and send count, Σx and Σxxᵀ through secure
-   aggregation; the server adds Gaussian noise calibrated to the run's (ε, δ) and estimates the private
-   mean and PSD covariance (:mod:`runner.privacy.estimators`).
-4. FreD(candidate) = Fréchet distance between the private estimate and the candidate's (mean,
-   covariance). The lowest FreD is the recommended prefinetuning dataset.
-5. Validation (not a private release; an oracle check of the ranking): prefinetune a small LM on each
-   candidate, FL-finetune it with FedAvg on the private clients, and correlate FreD with the final
+3. Clients cap their samples, bound each embedding's norm by C (``embedding_norm``: ``clip`` scales norms
+   above C down to C; ``normalize`` scales every embedding to norm C) and send count, Σx and Σxxᵀ through
+   secure aggregation; the server adds Gaussian noise calibrated to the run's (ε, δ) and estimates the
+   private mean and PSD covariance (:mod:`runner.privacy.estimators`).
+4. The server bounds the candidates' (projected) embeddings exactly as the clients bound theirs, so both
+   sides live in the same ball; FreD(candidate) = Fréchet distance between the private estimate and the
+   candidate's (mean, covariance). The lowest FreD is the recommended prefinetuning dataset.
+5. Validation (not a private release; an oracle check of the ranking, evaluation only): prefinetune a small
+   LM on each candidate, FL-finetune it with FedAvg on the private clients, and correlate FreD with the final
    private-test perplexity (Spearman).
+
+Privacy bookkeeping: ``privacy.fred`` is the (ε, δ) of the FreD release (the only output meant for a real
+deployment); ``privacy.not_private`` lists everything else the run writes that depends on private data
+without DP (evaluation only). Private raw text is never written unless ``save_private_text=true``.
 """
 
 from __future__ import annotations
@@ -30,7 +36,7 @@ from runner.core.context import RunContext
 from runner.core.errors import ConfigError
 from runner.core.seeding import derive_seed
 from runner.privacy.accounting import GaussianRelease, calibrate_noise, epsilon_spent, gdp_mu, split_noise
-from runner.privacy.estimators import RELEASES, dp_mean_and_covariance
+from runner.privacy.estimators import RELEASES, clip_rows, dp_mean_and_covariance
 from runner.privacy.frechet import frechet_distance, gaussian_stats
 
 
@@ -62,6 +68,8 @@ class FredConfig:
     embed_batch_size: int = 64
     projection_dim: int | None = 32  # PCA on public candidates; null keeps the embedder's dimension
     clip_norm: float = 1.0  # C: per-sample L2 clip
+    embedding_norm: str = "clip"  # clip (norm > C scaled to C) | normalize (every norm = C); both sides alike
+    save_private_text: bool = False  # write the private clients' texts (and their embeddings) to embeddings.npz
     max_samples_per_client: int = 8  # m: cap on samples per client (user-level sensitivity m·C)
     noise_multiplier: float | None = None  # σ of the combined release; null calibrates it to the privacy budget
     noise_split: dict[str, float] = field(default_factory=lambda: {r: 1.0 for r in RELEASES})  # 1/σ_i² ∝ w_i
@@ -82,6 +90,9 @@ class FredConfig:
             raise ConfigError(f"algorithm.projection_dim={a.projection_dim} must be >= 1 or null")
         if a.clip_norm <= 0:
             raise ConfigError(f"algorithm.clip_norm={a.clip_norm} must be > 0")
+        if a.embedding_norm not in EMBEDDING_NORMS:
+            raise ConfigError(f"algorithm.embedding_norm={a.embedding_norm} must be one of: "
+                              f"{', '.join(EMBEDDING_NORMS)}")
         if set(a.noise_split) != set(RELEASES) or any(w <= 0 for w in a.noise_split.values()):
             raise ConfigError(f"algorithm.noise_split={dict(a.noise_split)} must give a weight > 0 to each of "
                               f"{', '.join(RELEASES)}")
@@ -151,19 +162,51 @@ def fit_projection(public: np.ndarray, k: int | None) -> tuple[np.ndarray, np.nd
     return center, v[:, ::-1][:, :k].copy()
 
 
+EMBEDDING_NORMS = ("clip", "normalize")
+
+
+def bound_norms(x: np.ndarray, clip_norm: float, mode: str = "clip") -> np.ndarray:
+    """Rows with L2 norm ≤ C: ``clip`` scales rows above C down to C, ``normalize`` scales every row to C."""
+    if mode == "normalize":
+        return np.asarray(x, dtype=np.float64) * (clip_norm / np.maximum(np.linalg.norm(x, axis=1, keepdims=True),
+                                                                         1e-12))
+    if mode != "clip":
+        raise ValueError(f"embedding_norm={mode!r} must be one of {EMBEDDING_NORMS}")
+    return clip_rows(np.asarray(x, dtype=np.float64), clip_norm)
+
+
+def clipped_fraction(x: np.ndarray, clip_norm: float) -> float:
+    """Share of rows whose L2 norm exceeds C (the rows that clipping changes)."""
+    return float(np.mean(np.linalg.norm(x, axis=1) > clip_norm)) if len(x) else 0.0
+
+
+@dataclass
+class FredScores:
+    """FreD of each candidate and the shares of embeddings whose norm exceeded C on each side."""
+
+    scores: dict[str, float]
+    candidate_clipped_fraction: dict[str, float]
+    private_clipped_fraction: float  # a statistic of private data without DP: evaluation only
+
+
 def fred_scores(private_clients: Sequence[np.ndarray], candidates: Mapping[str, np.ndarray], clip_norm: float,
                 max_samples: int, noise: Mapping[str, float] | None, seed: int,
-                projection_dim: int | None = None, secure: bool = True) -> dict[str, float]:
-    """FreD of each candidate to the clients' (DP) embedding distribution; ``noise`` None = non-private FD."""
+                projection_dim: int | None = None, secure: bool = True, embedding_norm: str = "clip") -> FredScores:
+    """FreD of each candidate to the clients' (DP) embedding distribution; ``noise`` None = non-private FD.
+    Both sides are projected by the same public map and bounded to norm C the same way."""
     center, basis = fit_projection(np.concatenate(list(candidates.values())), projection_dim)
     clients = [(np.asarray(x) - center) @ basis for x in private_clients]
-    mu_p, cov_p, _ = dp_mean_and_covariance(clients, clip_norm, max_samples, None if noise is None else dict(noise),
+    private_frac = clipped_fraction(np.concatenate(clients), clip_norm)
+    bounded = [bound_norms(x, clip_norm, embedding_norm) for x in clients]  # estimators clip again: a no-op
+    mu_p, cov_p, _ = dp_mean_and_covariance(bounded, clip_norm, max_samples, None if noise is None else dict(noise),
                                             seed, secure=secure)
-    out = {}
+    out, fracs = {}, {}
     for name, x in candidates.items():
-        mu_c, cov_c = gaussian_stats((np.asarray(x) - center) @ basis)
+        proj = (np.asarray(x) - center) @ basis
+        fracs[name] = clipped_fraction(proj, clip_norm)
+        mu_c, cov_c = gaussian_stats(bound_norms(proj, clip_norm, embedding_norm))
         out[name] = frechet_distance(mu_p, cov_p, mu_c, cov_c)
-    return out
+    return FredScores(out, fracs, private_frac)
 
 
 def ranks(scores: Mapping[str, float]) -> dict[str, int]:
@@ -269,15 +312,22 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     world = build_world(cfg.dataset.params, ctx.seed)
     names = list(world["candidates"])
 
-    # 1. embed
+    # 1. embed (the cache holds the candidates; the private clients' texts and embeddings only if asked)
     emb = ctx.path("embeddings.npz")
-    all_texts = [t for c in world["train_clients"] for t in c] + [t for n in names for t in world["candidates"][n]]
+    private_texts = [t for c in world["train_clients"] for t in c]
+    public_texts = [t for n in names for t in world["candidates"][n]]
+    cache_texts = public_texts + (private_texts if a.save_private_text else [])
+    table: dict[str, np.ndarray] = {}
     if emb.exists():
         cache = dict(np.load(emb, allow_pickle=False))
         table = dict(zip(cache["texts"].tolist(), cache["vectors"]))
-    else:
-        table = embed_unique(build_embedder(a.embedder, cfg, a.embed_batch_size), all_texts)
-        np.savez(emb, texts=np.array(list(table)), vectors=np.stack(list(table.values())))
+    missing = [t for t in dict.fromkeys(private_texts + public_texts) if t not in table]
+    embedder = build_embedder(a.embedder, cfg, a.embed_batch_size) if missing else None
+    if missing:
+        table.update(embed_unique(embedder, missing))
+    if not emb.exists():
+        keep = list(dict.fromkeys(cache_texts))
+        np.savez(emb, texts=np.array(keep), vectors=np.stack([table[t] for t in keep]))
     clients = [np.stack([table[t] for t in c]) for c in world["train_clients"]]
     cands = {n: np.stack([table[t] for t in world["candidates"][n]]) for n in names}
 
@@ -286,9 +336,10 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     plan = release_plan(a, privacy) if private else []
     noise = {r.name: r.noise_multiplier for r in plan} if private else None
     kw = dict(clip_norm=a.clip_norm, max_samples=a.max_samples_per_client, projection_dim=a.projection_dim,
-              secure=a.secure_aggregation, seed=derive_seed(ctx.seed, "fred"))
-    fred = fred_scores(clients, cands, noise=noise, **kw)
-    fd = fred_scores(clients, cands, noise=None, **kw)
+              secure=a.secure_aggregation, seed=derive_seed(ctx.seed, "fred"), embedding_norm=a.embedding_norm)
+    released = fred_scores(clients, cands, noise=noise, **kw)
+    fred = released.scores
+    fd = fred_scores(clients, cands, noise=None, **kw).scores
     true_rank, fred_rank, fd_rank = ranks(world["tv"]), ranks(fred), ranks(fd)
     for i, n in enumerate(names):
         ctx.log({"fred": fred[n], "fd_nonprivate": fd[n], "tv_distance": world["tv"][n]}, i, "fred")
@@ -312,6 +363,7 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
 
     candidates = {n: {"fred": fred[n], "fd_nonprivate": fd[n], "tv_distance": world["tv"][n],
                       "true_rank": true_rank[n], "fred_rank": fred_rank[n], "fd_rank": fd_rank[n],
+                      "clipped_fraction": released.candidate_clipped_fraction[n],
                       **validation.get(n, {})} for n in names}
     best_true = min(names, key=lambda n: world["tv"][n])
     best_fred = min(names, key=lambda n: fred[n])
@@ -323,9 +375,13 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "spearman_fred_vs_true": float(spearmanr([fred[n] for n in names], [world["tv"][n] for n in names])[0]),
         "spearman_fd_vs_true": float(spearmanr([fd[n] for n in names], [world["tv"][n] for n in names])[0]),
         "spearman_fred_vs_downstream": None,
-        "privacy": spent,
+        "privacy": {"fred": spent, "validation": {"epsilon": None, "delta": None,
+                                                  "note": "FedAvg without DP: an evaluation of the ranking only"},
+                    "not_private": not_private(bool(validation), a.save_private_text)},
         "data": {"clients": len(clients), "private_samples": int(sum(len(c) for c in clients)),
-                 "embedding_dim": int(clients[0].shape[1]), "projection_dim": a.projection_dim},
+                 "embedding_dim": int(clients[0].shape[1]), "projection_dim": a.projection_dim,
+                 "embedding_norm": a.embedding_norm, "clip_norm": a.clip_norm,
+                 "private_clipped_fraction": released.private_clipped_fraction},
     }
     if validation:
         ppl = [validation[n]["perplexity"] for n in names]
@@ -339,6 +395,22 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                             "FD (non-private)": ([world["tv"][n] for n in names], [fd[n] for n in names])},
              "TV distance of candidate mixture to private mixture", "Fréchet distance", kind="scatter")
     return results
+
+
+def not_private(validation: bool, saved_text: bool) -> list[str]:
+    """What the run writes that depends on private data without DP (evaluation only, not for release)."""
+    out = ["candidates.*.fd_nonprivate, candidates.*.fd_rank, ranking.fd_nonprivate, spearman_fd_vs_true "
+           "(exact statistics of the private embeddings; also in metrics.jsonl)",
+           "data.private_clipped_fraction (share of private embeddings with norm > C)",
+           "candidates.*.tv_distance, candidates.*.true_rank, ranking.true, best.true, best.fred_picks_true_best, "
+           "spearman_fred_vs_true (the builtin world's private mixture)"]
+    if validation:
+        out.append("candidates.*.perplexity, candidates.*.perplexity_after_prefinetune, spearman_*_downstream, "
+                   "spearman_fred_vs_prefinetune_perplexity, the validation checkpoints (FedAvg on the private "
+                   "clients without DP, scored on held-out private clients)")
+    if saved_text:
+        out.append("embeddings.npz: the private clients' texts and embeddings (save_private_text=true)")
+    return out
 
 
 def _done_result(ctx: RunContext, stage: str) -> dict[str, float]:

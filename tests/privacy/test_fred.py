@@ -66,12 +66,40 @@ def test_fred_at_eps1_picks_the_true_best_in_19_of_20_seeds(domain_pool):
     for seed in range(20):
         clients, cands = _world(domain_pool, seed)
         kw = dict(clip_norm=1.0, max_samples=8, seed=seed, projection_dim=16, secure=seed == 0)
-        fred = fred_scores(clients, cands, noise=noise, **kw)
-        fd = fred_scores(clients, cands, noise=None, **kw)
+        fred = fred_scores(clients, cands, noise=noise, **kw).scores
+        fd = fred_scores(clients, cands, noise=None, **kw).scores
         picks += min(fred, key=fred.get) == "near"
         fd_orders += ranks(fd) == truth
     assert fd_orders == 20, "non-private FD must rank the candidates in the true order"
     assert picks >= 19
+
+
+@pytest.mark.parametrize("mode", ["clip", "normalize"])
+def test_candidates_are_bounded_like_the_private_embeddings(mode):
+    """Embeddings far outside the clip ball (the causal-LM case): a candidate drawn from the private distribution
+    must be at FD ≈ 0 and rank first; the clipped fractions are the shares of norms above C on each side."""
+    rng = np.random.default_rng(0)
+    d = 6
+    shift = np.r_[3.0, np.zeros(d - 1)]
+
+    def draw(n, mean):
+        return 5.0 * (mean + rng.standard_normal((n, d)))  # norms ~ 5·√(d + 9) ≫ C = 1
+
+    clients = [draw(8, shift) for _ in range(300)]
+    cands = {"same": draw(2000, shift), "other": draw(2000, -shift)}
+    res = fred_scores(clients, cands, clip_norm=1.0, max_samples=8, noise=None, seed=0, secure=False,
+                      embedding_norm=mode)
+    assert res.scores["same"] < 0.01 < res.scores["other"]
+    assert res.private_clipped_fraction == 1.0 and res.candidate_clipped_fraction == {"same": 1.0, "other": 1.0}
+    # the reference: the Fréchet distance of the bounded embeddings, computed directly
+    from runner.privacy.frechet import frechet_distance, gaussian_stats
+    from runner.privacy.fred import bound_norms
+
+    center = np.concatenate(list(cands.values())).mean(0)  # the public projection centres at the candidates' mean
+    priv = bound_norms(np.concatenate(clients) - center, 1.0, mode)
+    ref = frechet_distance(*gaussian_stats(priv), *gaussian_stats(bound_norms(cands["other"] - center, 1.0, mode)))
+    assert res.scores["other"] == pytest.approx(ref, rel=1e-6)
+    assert np.allclose(np.linalg.norm(priv, axis=1), 1.0)  # every norm was above C: clip and normalise agree
 
 
 def test_causal_lm_embedder_mean_pools_without_padding_effects():
@@ -115,8 +143,21 @@ def test_recipe_smoke(tmp_path):
     assert res["candidates"]["near"]["true_rank"] == 1
     assert res["spearman_fred_vs_true"] > 0.5  # FreD orders the candidates like their true distance
     assert res["spearman_fred_vs_downstream"] > 0  # lower FreD, lower private-test perplexity after FL
-    assert res["privacy"]["delta"] == 3e-6
-    assert 0.97 <= res["privacy"]["epsilon"] <= 1.0
+    assert res["privacy"]["fred"]["delta"] == 3e-6
+    assert 0.97 <= res["privacy"]["fred"]["epsilon"] <= 1.0
+    assert res["privacy"]["validation"]["epsilon"] is None  # FedAvg without DP: evaluation only
+    assert any("fd_nonprivate" in item for item in res["privacy"]["not_private"])
+    for c in res["candidates"].values():
+        assert 0.0 <= c["clipped_fraction"] <= 1.0
+    assert 0.0 <= res["data"]["private_clipped_fraction"] <= 1.0
     assert res["ranking"]["fd_nonprivate"] == res["ranking"]["true"]
     on_disk = json.loads((tmp_path / "results.json").read_text())
-    assert on_disk["privacy"]["epsilon"] == pytest.approx(res["privacy"]["epsilon"])
+    assert on_disk["privacy"]["fred"]["epsilon"] == pytest.approx(res["privacy"]["fred"]["epsilon"])
+    # no private raw text on disk: the embedding cache holds the public candidates' texts only
+    cached = set(np.load(tmp_path / "embeddings.npz")["texts"].tolist())
+    from runner.core.cli import compose_recipe
+    from runner.privacy.fred import build_world
+
+    world = build_world(compose_recipe("fred", ["run.smoke=true"]).dataset.params, 0)
+    private = {t for c in world["train_clients"] for t in c} - {t for v in world["candidates"].values() for t in v}
+    assert private and not cached & private

@@ -124,7 +124,8 @@ def test_vllm_serves_every_adapter_from_one_engine_with_a_lora_request_per_adapt
         lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
     for name, mod in (("vllm", vllm), ("vllm.lora", lora_mod), ("vllm.lora.request", request_mod)):
         monkeypatch.setitem(sys.modules, name, mod)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # the engine sets them: undo
+        monkeypatch.delenv(var, raising=False)
     from runner.rollout.base import SamplingParams
 
     base = tiny_llama()

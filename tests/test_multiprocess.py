@@ -158,7 +158,9 @@ def test_torchrun_waltzrl_with_lora_adapters(tmp_path):
     ("torchrun", "torchrun --standalone --nproc_per_node=8 -m runner +recipe=safety_rl"),
     ("accelerate", "accelerate launch --num_processes 8 --num_machines 1 --config_file conf/accelerate/fsdp.yaml"),
 ])
-def test_launch_line(launcher, expect):
+def test_launch_line(launcher, expect, monkeypatch):
+    for var in ("WORLD_SIZE", "LOCAL_RANK"):  # outside a launched process
+        monkeypatch.delenv(var, raising=False)
     from runner.core.cli import compose_recipe
     from runner.core.launch import launch_line, needs_launch
 

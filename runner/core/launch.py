@@ -36,8 +36,9 @@ def launcher(cfg: Any) -> str:
 
 
 def inside_launch() -> bool:
-    """True in a process started by a launcher (it set ``WORLD_SIZE`` and ``LOCAL_RANK``)."""
-    return "WORLD_SIZE" in os.environ and "LOCAL_RANK" in os.environ
+    """True in a process started by a launcher: torchrun (also under ``accelerate launch``) sets
+    ``TORCHELASTIC_RUN_ID``; any launcher sets ``WORLD_SIZE`` > 1 (a colocated vLLM engine only defaults it to 1)."""
+    return "TORCHELASTIC_RUN_ID" in os.environ or int(os.environ.get("WORLD_SIZE", "1")) > 1
 
 
 def num_processes(hw: Any) -> int:

@@ -146,11 +146,12 @@ class Experiment:
         # SecAgg's key material is not serialised: such a stage checkpoints only when it is finished
         secure = server_cfg.secagg != "none"
         state = None if secure else self.ctx.restore(stage)  # the last in-simulation checkpoint, if any
-        run = sim.run(make_server(server_cfg, self.x0, agg), state=state,
+        server = make_server(server_cfg, self.x0, agg)
+        run = sim.run(server, state=state,
                       checkpoint=None if secure else lambda updates, s: self.ctx.save(stage, updates, s))
         result = summarise(run, sim_cfg.target_accuracy)
-        if agg is not None:
-            result.update(agg.results())
+        if server.agg is not None:  # (a resumed stage's aggregation is the one restored with the server)
+            result.update(server.agg.results())
         self.ctx.checkpoints.mark_done(stage, result)
         return result
 

@@ -162,3 +162,36 @@ def test_private_fedbuff_recipe_reports_the_accountant(tmp_path):
     assert top["epsilon"] == max(a["privacy"]["epsilon"] for a in r["algorithms"].values())
     assert top["epsilon"] <= top["budget_epsilon"] == 1.0 < top["epsilon_all_models"]
     assert math.isclose(r["algorithms"]["fedbuff"]["privacy"]["sample_rate"], 20 / 10_000)  # K / N, private setting
+
+
+def test_dp_simulation_resumes_from_a_checkpoint_to_the_same_model_and_spend(make_spec, make_sim_cfg, make_server_cfg):
+    """The noise stream and the budget are part of the checkpointed server state."""
+    import io
+
+    server = make_server_cfg(mode="fedbuff", buffer_size=4, lr=1.0)
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=48, checkpoint_every=20, dp={"clip_norm": 0.3})
+    trainer = build_trainer(make_spec(0))
+    x0 = trainer.space.flatten(trainer.model)
+    xt, yt = trainer.data.test_set()
+
+    def fresh():
+        pop = Population(trainer.data.num_clients, cfg.clock, 0)
+        sim = Simulator(x0, trainer, LocalBackend(trainer, 64), pop, cfg, 0, lambda x: trainer.evaluate(x, xt, yt))
+        agg = make_aggregation(server, cfg, PRIVACY, 1.0, pop.size, 8, x0.numel(), 0, "resume")
+        return sim, make_server(server, x0, agg)
+
+    saved = {}
+
+    def checkpoint(updates, state):
+        if updates == 20:
+            buf = io.BytesIO()
+            torch.save(state, buf)
+            saved["state"] = buf.getvalue()
+
+    sim, srv = fresh()
+    full = sim.run(srv, checkpoint=checkpoint)
+    sim2, srv2 = fresh()
+    resumed = sim2.run(srv2, state=torch.load(io.BytesIO(saved["state"]), weights_only=False))
+    assert torch.equal(full.final_model, resumed.final_model)
+    assert srv2.agg.results()["privacy"] == srv.agg.results()["privacy"]
+    assert srv.agg.results()["privacy"]["steps"] == 12

@@ -20,7 +20,10 @@ subsampled Gaussian mechanism with sampling rate q = K / N, as if the buffer wer
 N clients; T = the number of server steps; a client contributes at most one update to a buffer; weights are
 uniform (example-count weighting would change the sensitivity).
 
-Accounting goes through :mod:`runner.privacy.accounting` (Opacus RDP/PRV, exact GDP for q = 1).
+Accounting goes through :mod:`runner.privacy.accounting` (Opacus RDP/PRV, exact GDP for q = 1). The
+simulator's server modes use these pieces through :mod:`runner.federated.private` (DP-FedBuff there is
+:meth:`DPFedAvg.privatize_sum` of the staleness-weighted buffer with denominator K; :class:`DPFedBuff` is the
+same mechanism as a standalone buffer).
 """
 
 from __future__ import annotations

@@ -110,7 +110,7 @@ class DPConfig:
 class SecAggConfig:
     """Secure-aggregation protocol parameters (:mod:`runner.federated.secagg`, :mod:`~.trusted_buffer`)."""
 
-    threshold: float = 0.5  # pairwise: Shamir threshold t as a fraction of the round's clients
+    threshold: float = 0.5  # pairwise: Shamir threshold t as a fraction of a client's share holders
     neighbours: int | None = None  # pairwise: SecAgg+ ring degree; null: every pair (Bonawitz et al.)
     frac_bits: int | None = None  # fixed-point fraction bits; null: the finest whose sum cannot wrap
     bits: int = 64  # the field Z_{2^bits}

@@ -117,6 +117,12 @@ def count_noise(dp: Any, sm: StepModel) -> float:
     return dp.count_noise if dp.count_noise is not None else sm.denominator / 20.0
 
 
+def share_threshold(fraction: float, clients: int, neighbours: int | None) -> int:
+    """Shamir threshold t: ``fraction`` of a client's share holders (itself and its ring neighbours, or all)."""
+    holders = clients if neighbours is None else min(clients, neighbours + 1)
+    return max(1, math.ceil(fraction * holders))
+
+
 # --------------------------------------------------------------------------- the three transports
 class _Plain:
     """No secure aggregation: the server sums the (clipped) updates itself."""
@@ -150,7 +156,7 @@ class _Pairwise:
         self.stats: list[SecAggStats] = []
 
     def open(self, cids: list[int], codec: FixedPoint | None) -> None:
-        t = max(1, math.ceil(self.threshold * len(cids)))
+        t = share_threshold(self.threshold, len(cids), self.neighbours)
         self.round = SecureAggregation(cids, self.dim, codec, t, derive_seed(self.seed, "secagg-round", self.opened),
                                        self.neighbours)
         self.opened += 1
@@ -226,11 +232,10 @@ class PrivateAggregation:
         self.sa, self.max_norm = sa, float(sim_cfg.faults.max_update_norm)
         width = dim + int(self.adaptive)
         if server.secagg == "pairwise":
-            t, holders = math.ceil(sa.threshold * concurrency), min(concurrency, (sa.neighbours or concurrency) + 1)
-            if t > self.sm.denominator or t > holders:
-                raise ConfigError(f"{key}: secure_aggregation.threshold={sa.threshold} needs t={t} of {concurrency} "
-                                  f"clients, but a round closes after {self.sm.denominator} reports and a client has "
-                                  f"{holders} share holders")
+            t = share_threshold(sa.threshold, concurrency, sa.neighbours)
+            if t > self.sm.denominator:
+                raise ConfigError(f"{key}: secure_aggregation.threshold={sa.threshold} needs t={t} survivors, but a "
+                                  f"round closes after {self.sm.denominator} reports")
             self.transport: Any = _Pairwise(width, sa.threshold, sa.neighbours, derive_seed(seed, "secagg", key))
         elif server.secagg == "trusted_buffer":
             self.transport = _TrustedBuffer(width, server.buffer_size, derive_seed(seed, "secagg", key))

@@ -1,19 +1,21 @@
 """llamaguard_1b_int4 learns: on a reduced embedded default the trained guard ranks held-out items far above
-chance, and the INT4 student stays close to it.
+chance, and the INT4 student loses at most 0.02 F1 against it (the recipe's claim student_close_to_teacher).
 
-Reduced: two hazard categories, 320 items, the lexical part of the toy world only (compositional_fraction=0; the
-word-order items need over 1,200 steps, far beyond a CI test's minute), 400 + 60 + 30 training steps. What this
-run supports (measured on seeds 0 and 1): teacher AUPRC 0.79-0.83 against a prevalence of 0.40-0.47, student
-F1 within 0.03 and AUPRC within 0.01 of the teacher. It does not support "teacher F1 > bag-of-words F1" (seed 0:
-0.75 vs 0.65, seed 1: 0.65 vs 0.73); that claim, and the full default's 0.02 student margin, are checked over
-seeds on the full default (REPRODUCTION.md).
+Reduced: two hazard categories, 960 items (720 train, 240 held out), the lexical part of the toy world only
+(compositional_fraction=0; the word-order items need over 1,200 steps, far beyond a CI test's minute), 400 + 60 + 30
+training steps. Measured at this commit, seed 0 (the test's): teacher F1 0.81 / AUPRC 0.89 against a prevalence of
+0.38, student F1 0.81 / AUPRC 0.92. Not seed-proof: 400 steps are near the end of the tiny guard's all-'safe'
+plateau, and seed 1 is still on it (teacher F1 0.54, student 0.50: this test fails there; at lr 2e-2 seed 1 passes
+and seed 0 stays on the plateau). The claim over seeds is checked on the full default (REPRODUCTION.md), as is
+"teacher F1 > bag-of-words F1", which lexical items alone do not support (seed 0: 0.81 vs 0.76, seed 1: 0.54 vs
+0.82).
 """
 
 from __future__ import annotations
 
 from runner.core.cli import run_recipe
 
-REDUCED = ["run.progress=false", "dataset.num_examples=320", "dataset.params.categories=[S1,S2]",
+REDUCED = ["run.progress=false", "dataset.num_examples=960", "dataset.params.categories=[S1,S2]",
            "algorithm.categories=[S1,S2]", "dataset.params.compositional_fraction=0", "algorithm.source_steps=400",
            "algorithm.distill_steps=60", "algorithm.qat_steps=30", "algorithm.checkpoint_every=100",
            "algorithm.calibration_batches=2", "algorithm.latency_repeats=1", "algorithm.latency_new_tokens=4"]
@@ -27,6 +29,7 @@ def test_guard_learns_and_int4_student_stays_close(tmp_path):
     prevalence = prevalence / (2 - prevalence)
     assert teacher["auprc"] > prevalence + 0.25, (teacher["auprc"], prevalence)  # chance AUPRC = prevalence
     assert teacher["f1"] > r["baselines"]["majority"]["f1"]
-    assert abs(student["f1"] - teacher["f1"]) <= 0.05, (student["f1"], teacher["f1"])
-    assert abs(student["auprc"] - teacher["auprc"]) <= 0.03, (student["auprc"], teacher["auprc"])
+    # the recipe's claim student_close_to_teacher: pruning, distillation, INT4 and output pruning lose <= 0.02
+    assert student["f1"] >= teacher["f1"] - 0.02, (student["f1"], teacher["f1"])
+    assert student["auprc"] >= teacher["auprc"] - 0.05, (student["auprc"], teacher["auprc"])  # ranking: looser
     assert r["student"]["stage"] == "int4_output_pruned" and r["student"]["bytes"] < r["teacher"]["bytes"] / 4

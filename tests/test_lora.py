@@ -131,7 +131,7 @@ def test_vllm_serves_every_adapter_from_one_engine_with_a_lora_request_per_adapt
     base = tiny_llama()
     base.save_pretrained(tmp_path / "base")
     base.name_or_path = str(tmp_path / "base")
-    shared = SharedAdapters(base, lora_cfg(8), ["conversation", "feedback"])
+    shared = SharedAdapters(base, lora_cfg(6), ["conversation", "feedback"])
     randomise(shared.view("conversation"), 5)
     randomise(shared.view("feedback"), 6)
     hw = OmegaConf.create({"rollout_engine": "vllm", "tensor_parallel_size": 1, "gpu_memory_utilization": 0.3,
@@ -140,7 +140,7 @@ def test_vllm_serves_every_adapter_from_one_engine_with_a_lora_request_per_adapt
     engines = {n: adapter_engine(shared.view(n), None, hw, ctx) for n in ("conversation", "feedback")}
     assert len(made) == 1  # one vLLM engine, one copy of the base
     kw = made[0].kwargs
-    assert kw["model"] == str(tmp_path / "base") and kw["enable_lora"] and kw["max_lora_rank"] == 8
+    assert kw["model"] == str(tmp_path / "base") and kw["enable_lora"] and kw["max_lora_rank"] == 8  # r = 6 rounded up
 
     def served(name):
         engines[name].generate(["hi"], SamplingParams(max_new_tokens=2, temperature=0.0))

@@ -327,6 +327,17 @@ class VLLMAdapterEngine:
             shutil.rmtree(self._dirs.pop(0), ignore_errors=True)
 
 
+VLLM_MAX_LORA_RANKS = (1, 8, 16, 32, 64, 128, 256, 320, 512)  # the values vLLM's LoRAConfig accepts
+
+
+def vllm_max_lora_rank(r: int) -> int:
+    """vLLM's ``max_lora_rank`` for adapters of rank ``r``: the smallest value it accepts that is >= r."""
+    for m in VLLM_MAX_LORA_RANKS:
+        if m >= r:
+            return m
+    raise ValueError(f"algorithm.lora.r={r} exceeds vLLM's largest max_lora_rank {VLLM_MAX_LORA_RANKS[-1]}")
+
+
 def adapter_engine(view: AdapterModel, tokenizer: Any, hardware_cfg: Any, ctx: Any, batch_size: int = 64) -> Any:
     """A rollout engine for one adapter view. ``hf``: generation on the shared model with the adapter switched
     on per call; ``vllm``: one engine for the base (built once per :class:`SharedAdapters`) with a LoRARequest
@@ -347,5 +358,5 @@ def adapter_engine(view: AdapterModel, tokenizer: Any, hardware_cfg: Any, ctx: A
         base = shared.peft.get_base_model()
         base.name_or_path = shared.base_path
         shared.engine = engine_cls.from_model(base, tokenizer, hardware_cfg, seed=ctx.seed,
-                                              lora_rank=int(shared.lora.r))
+                                              lora_rank=vllm_max_lora_rank(int(shared.lora.r)))
     return VLLMAdapterEngine(shared.engine, view, ctx.dir / "adapters" / f"rank{distributed.rank()}")

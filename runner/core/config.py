@@ -88,12 +88,12 @@ class HardwareConfig:
     max_model_len: int | None = None
     enforce_eager: bool = False
     num_threads: int | None = None  # torch intra-op threads on CPU; null keeps torch's default
+    gpu_memory_gb: float | None = None  # one GPU's memory: preflight checks the run's engines and training fit
+    judge_engine: str | None = None  # engine of LLM judges and guards: null (rollout_engine) | hf | vllm
     launcher: str = "none"  # none | auto | torchrun | accelerate: nproc data-parallel processes (runner.core.launch)
     nproc: int | None = None  # processes on this node; null: one per GPU (one on CPU)
     accelerate_config: str | None = None  # launcher=accelerate: an accelerate config (FSDP / DeepSpeed ZeRO-3)
     print_launch: bool = False  # print the launch line instead of starting the processes
-    gpu_memory_gb: float | None = None  # one GPU's memory: preflight checks the run's engines and training fit
-    judge_engine: str | None = None  # engine of LLM judges and guards: null (rollout_engine) | hf | vllm
 
 
 @dataclass

@@ -208,11 +208,11 @@ class PrivateAggregation:
     """
 
     def __init__(self, server: Any, sim_cfg: Any, privacy: Any, epsilon: float | None, population: int,
-                 concurrency: int, dim: int, seed: int, key: str = "server"):
+                 concurrency: int, dim: int, seed: int, key: str = "server", codec_name: str | None = None):
         self.mode, self.dim, self.concurrency = server.mode, dim, concurrency
         self.sm = step_model(server, sim_cfg.max_client_updates, concurrency)
         dp = sim_cfg.dp
-        check_combination(server, key, epsilon is not None, dp, _codec_name(sim_cfg))
+        check_combination(server, key, epsilon is not None, dp, codec_name or _codec_name(sim_cfg))
         self.budget: PrivacyBudget | None = None
         self.dp: DPFedAvg | None = None
         self.adaptive = epsilon is not None and bool(dp.adaptive_clipping)
@@ -347,11 +347,13 @@ def _codec_name(sim_cfg: Any) -> str | None:
 
 
 def make_aggregation(server: Any, sim_cfg: Any, privacy: Any, epsilon: float | None, population: int,
-                     concurrency: int, dim: int, seed: int, key: str = "server") -> PrivateAggregation | None:
-    """The private aggregation a server mode needs, or None for the plain (non-private) mean."""
+                     concurrency: int, dim: int, seed: int, key: str = "server",
+                     codec_name: str | None = None) -> PrivateAggregation | None:
+    """The private aggregation a server mode needs, or None for the plain (non-private) mean. ``codec_name``:
+    the clients' update codec, when the trainer has one (FedSynth, random masking)."""
     if epsilon is None and server.secagg == "none":
         return None
-    return PrivateAggregation(server, sim_cfg, privacy, epsilon, population, concurrency, dim, seed, key)
+    return PrivateAggregation(server, sim_cfg, privacy, epsilon, population, concurrency, dim, seed, key, codec_name)
 
 
 def preflight(cfg: Any, runs: list[tuple[str, Any, int]], epsilons: list[float | None]) -> None:

@@ -139,8 +139,10 @@ class Experiment:
             return done
         sim_cfg = OmegaConf.merge(self.cfg.algorithm, {"concurrency": concurrency, **overrides})
         server_cfg = OmegaConf.merge(server_cfg, {"concurrency": concurrency})
+        codec = getattr(self.trainer, "codec", None)  # FedSynth / random masking: the server decodes each upload
         agg = make_aggregation(server_cfg, sim_cfg, self.cfg.privacy, epsilon, self.population.size, concurrency,
-                               int(self.x0.numel()), self.ctx.seed, key=stage)
+                               int(self.x0.numel()), self.ctx.seed, key=stage,
+                               codec_name=None if codec is None else type(codec).__name__)
         sim = Simulator(self.x0, self.trainer, self.backend, self.population, sim_cfg, self.ctx.seed, self.evaluate,
                         log=lambda m, step: self.ctx.log(m, step, stage))
         # SecAgg's key material is not serialised: such a stage checkpoints only when it is finished

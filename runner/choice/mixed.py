@@ -221,7 +221,7 @@ class MixedLogit:
         return out
 
 
-def initial_theta(data: ChoiceData, spec: MixedSpec, beta_plain: np.ndarray, sd0: float = 0.1) -> np.ndarray:
+def initial_theta(spec: MixedSpec, beta_plain: np.ndarray, sd0: float = 0.1) -> np.ndarray:
     """μ from the plain logit (log|β| for lognormal coordinates, log 0.1 if β has the wrong sign), scales sd0."""
     mu = np.asarray(beta_plain, dtype=np.float64).copy()
     for j, d in zip(spec.random, spec.distributions):
@@ -249,7 +249,7 @@ def fit_mixed_logit(data: ChoiceData, spec: MixedSpec, n_draws: int = 100, seed:
     if draws.shape[0] != data.n_ind or draws.shape[2] != spec.k:
         raise ValueError(f"draws must have shape ({data.n_ind}, R, {spec.k}), got {draws.shape}")
     sim = _Sim(data, spec, draws)
-    x0 = initial_theta(data, spec, fit_plain_logit(data)) if theta0 is None else np.asarray(theta0, np.float64)
+    x0 = initial_theta(spec, fit_plain_logit(data)) if theta0 is None else np.asarray(theta0, np.float64)
 
     def neg_sll(params: np.ndarray) -> tuple[float, np.ndarray]:
         x = torch.as_tensor(params).requires_grad_(True)

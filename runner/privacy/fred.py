@@ -14,8 +14,8 @@ Algorithm box:
    sides live in the same ball; FreD(candidate) = Fréchet distance between the private estimate and the
    candidate's (mean, covariance). The lowest FreD is the recommended prefinetuning dataset.
 5. Validation (not a private release; an oracle check of the ranking, evaluation only): prefinetune a small
-   LM on each candidate, FL-finetune it with FedAvg on the private clients, and correlate FreD with the final
-   private-test perplexity (Spearman).
+   LM on each candidate, FL-finetune it with FedAvg on the private clients (DP-FedAvg under its own budget
+   with ``validation.dp_epsilon``), and correlate FreD with the final private-test perplexity (Spearman).
 
 Privacy bookkeeping: ``privacy.fred`` is the (ε, δ) of the FreD release (the only output meant for a real
 deployment); ``privacy.not_private`` lists everything else the run writes that depends on private data
@@ -38,6 +38,7 @@ from runner.core.seeding import derive_seed
 from runner.privacy.accounting import GaussianRelease, calibrate_noise, epsilon_spent, gdp_mu, split_noise
 from runner.privacy.estimators import RELEASES, clip_rows, dp_mean_and_covariance
 from runner.privacy.frechet import frechet_distance, gaussian_stats
+from runner.privacy.user_dp import SamplingModel, epsilon_for_noise, noise_for_budget
 
 
 # --------------------------------------------------------------------------- config
@@ -57,6 +58,10 @@ class FredValidationConfig:
     client_lr: float = 1e-3
     server_lr: float = 1.0
     eval_batches: int | None = None  # test batches scored; null: every window of every held-out private client
+    # DP-FedAvg for the FL fine-tuning, with its own budget over all candidates' runs; null: plain FedAvg
+    dp_epsilon: float | None = None
+    dp_delta: float = 3e-6
+    dp_clip_norm: float = 0.5  # S: per-client update clip
 
 
 @dataclass
@@ -115,6 +120,9 @@ class FredConfig:
                     "eval_batches"):
             if v[key] is not None and v[key] < 1:
                 raise ConfigError(f"algorithm.validation.{key}={v[key]} must be >= 1")
+        if v.dp_epsilon is not None and (v.dp_epsilon <= 0 or v.dp_clip_norm <= 0 or not 0 < v.dp_delta < 1):
+            raise ConfigError(f"algorithm.validation.dp_epsilon={v.dp_epsilon}, dp_clip_norm={v.dp_clip_norm} must "
+                              f"be > 0 and dp_delta={v.dp_delta} in (0, 1)")
         if v.warmup_steps >= v.prefinetune_steps:
             raise ConfigError(f"algorithm.validation.warmup_steps={v.warmup_steps} must be < "
                               f"algorithm.validation.prefinetune_steps={v.prefinetune_steps}")
@@ -216,13 +224,24 @@ def ranks(scores: Mapping[str, float]) -> dict[str, int]:
 
 
 # --------------------------------------------------------------------------- validation stage
-def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int) -> None:
-    """Plain FedAvg: each round, sampled clients run ``local_steps`` AdamW steps from the global weights;
-    the server adds ``server_lr`` × the token-weighted mean update. (A compact stand-in for
-    ``runner.federated``'s simulator, which this stage could switch to.)"""
+def validation_sampling(v: Any, num_clients: int, n_candidates: int) -> SamplingModel:
+    """The validation's DP releases: clients_per_round of num_clients per round, rounds × candidates rounds (every
+    candidate's FL run trains on the same private clients, so their spends compose)."""
+    return SamplingModel(min(v.clients_per_round, num_clients), num_clients, v.rounds * n_candidates)
+
+
+def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int,
+                    noise_multiplier: float | None = None) -> None:
+    """FedAvg: each round, sampled clients run ``local_steps`` AdamW steps from the global weights; the server
+    adds ``server_lr`` × the token-weighted mean update. With ``noise_multiplier`` it is DP-FedAvg
+    (:class:`runner.privacy.user_dp.DPFedAvg`): updates clipped to ``v.dp_clip_norm``, uniform weights, noise
+    z·S on the sum, fixed denominator clients_per_round; accounted as a subsampled Gaussian with q = C/N (the
+    sample is fixed-size, treated as Poisson, as in ``runner.federated.private``). (A compact stand-in for
+    ``runner.federated``'s simulator, which trains its own models, not this stage's LM.)"""
     import torch
 
     from runner.models.finetune import sample_windows
+    from runner.privacy.user_dp import DPFedAvg
 
     rng = np.random.default_rng(derive_seed(seed, "fedavg"))
     gen = torch.Generator().manual_seed(derive_seed(seed, "fedavg", "windows") % 2**63)
@@ -231,6 +250,10 @@ def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int
     for _ in range(v.rounds):
         chosen = rng.choice(len(client_streams), size=min(v.clients_per_round, len(client_streams)), replace=False)
         total_w, agg = 0.0, {k: torch.zeros_like(t, dtype=torch.float32) for k, t in global_state.items()}
+        floats = [k for k, t in global_state.items() if t.is_floating_point()]
+        dp = None if noise_multiplier is None else DPFedAvg(
+            sum(global_state[k].numel() for k in floats), v.dp_clip_norm, noise_multiplier,
+            float(min(v.clients_per_round, len(client_streams))), rng)
         for c in chosen.tolist():
             stream = client_streams[c]
             model.load_state_dict(global_state)
@@ -243,10 +266,21 @@ def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int
                 loss.backward()
                 torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
                 opt.step()
+            state = model.state_dict()
+            if dp is not None:
+                dp.add(torch.cat([(state[k].double() - global_state[k].double()).ravel() for k in floats]).numpy())
+                continue
             w = float(stream.numel())
-            for k, t in model.state_dict().items():
+            for k, t in state.items():
                 agg[k] += w * (t.float() - global_state[k].float())
             total_w += w
+        if dp is not None:  # the noised fixed-denominator mean, unflattened into the float tensors
+            flat, offset = torch.as_tensor(dp.release()), 0
+            for k in floats:
+                n = global_state[k].numel()
+                agg[k] = flat[offset:offset + n].reshape(global_state[k].shape).float()
+                offset += n
+            total_w = 1.0
         for k in global_state:
             if global_state[k].is_floating_point():
                 global_state[k] = global_state[k] + (v.server_lr * agg[k] / total_w).to(global_state[k].dtype)
@@ -255,7 +289,8 @@ def fedavg_finetune(model: Any, client_streams: Sequence[Any], v: Any, seed: int
 
 
 def validate_candidate(name: str, texts: Sequence[str], client_texts: Sequence[Sequence[str]],
-                       test_texts: Sequence[str], cfg: DictConfig, ctx: RunContext) -> dict[str, float]:
+                       test_texts: Sequence[str], cfg: DictConfig, ctx: RunContext,
+                       noise_multiplier: float | None = None) -> dict[str, float]:
     """Prefinetune a fresh small LM on ``texts``, FedAvg-finetune on the clients, return test perplexities."""
     import torch
 
@@ -275,7 +310,7 @@ def validate_candidate(name: str, texts: Sequence[str], client_texts: Sequence[S
     finetune(model, token_stream(list(texts), tok), train_cfg, ctx, stage=f"prefinetune_{name}")
     pre = evaluate_loss(model, test, v.seq_len, v.batch_size, eval_batches)
     streams = [token_stream(list(t), tok) for t in client_texts]
-    fedavg_finetune(model, streams, v, derive_seed(ctx.seed, "fedavg", name))
+    fedavg_finetune(model, streams, v, derive_seed(ctx.seed, "fedavg", name), noise_multiplier)
     post = evaluate_loss(model, test, v.seq_len, v.batch_size, eval_batches)
     return {"perplexity_after_prefinetune": math.exp(pre), "perplexity": math.exp(post)}
 
@@ -352,12 +387,24 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
 
     # 5. validation
     validation: dict[str, dict[str, float]] = {}
-    if a.validation.enabled:
+    v = a.validation
+    val_privacy: dict[str, Any] = {"epsilon": None, "delta": None,
+                                   "note": "FedAvg without DP: an evaluation of the ranking only"}
+    z_val = None
+    if v.enabled and v.dp_epsilon is not None:
+        sampling = validation_sampling(v, len(world["train_clients"]), len(names))
+        z_val = noise_for_budget(v.dp_epsilon, v.dp_delta, sampling, privacy.accountant)
+        val_privacy = {"epsilon": epsilon_for_noise(z_val, v.dp_delta, sampling, accountant=privacy.accountant),
+                       "delta": v.dp_delta, "accountant": privacy.accountant, "budget_epsilon": v.dp_epsilon,
+                       "noise_multiplier": z_val, "clip_norm": v.dp_clip_norm, "sample_rate": sampling.sample_rate,
+                       "steps": sampling.steps, "note": "DP-FedAvg over all candidates' FL runs (their spends "
+                       "compose); the test perplexities are still scored on private clients without DP"}
+    if v.enabled:
         for n in names:
             stage = f"validation_{n}"
             if not ctx.checkpoints.done(stage):
                 ctx.checkpoints.mark_done(stage, validate_candidate(
-                    n, world["candidates"][n], world["train_clients"], world["test_texts"], cfg, ctx))
+                    n, world["candidates"][n], world["train_clients"], world["test_texts"], cfg, ctx, z_val))
             validation[n] = _done_result(ctx, stage)
             ctx.log(validation[n], names.index(n), "validation")
 
@@ -375,9 +422,8 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         "spearman_fred_vs_true": float(spearmanr([fred[n] for n in names], [world["tv"][n] for n in names])[0]),
         "spearman_fd_vs_true": float(spearmanr([fd[n] for n in names], [world["tv"][n] for n in names])[0]),
         "spearman_fred_vs_downstream": None,
-        "privacy": {"fred": spent, "validation": {"epsilon": None, "delta": None,
-                                                  "note": "FedAvg without DP: an evaluation of the ranking only"},
-                    "not_private": not_private(bool(validation), a.save_private_text)},
+        "privacy": {"fred": spent, "validation": val_privacy,
+                    "not_private": not_private(bool(validation), a.save_private_text, z_val is not None)},
         "data": {"clients": len(clients), "private_samples": int(sum(len(c) for c in clients)),
                  "embedding_dim": int(clients[0].shape[1]), "projection_dim": a.projection_dim,
                  "embedding_norm": a.embedding_norm, "clip_norm": a.clip_norm,
@@ -397,7 +443,7 @@ def run_fred(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     return results
 
 
-def not_private(validation: bool, saved_text: bool) -> list[str]:
+def not_private(validation: bool, saved_text: bool, dp_validation: bool = False) -> list[str]:
     """What the run writes that depends on private data without DP (evaluation only, not for release)."""
     out = ["candidates.*.fd_nonprivate, candidates.*.fd_rank, ranking.fd_nonprivate, spearman_fd_vs_true "
            "(exact statistics of the private embeddings; also in metrics.jsonl)",
@@ -405,9 +451,10 @@ def not_private(validation: bool, saved_text: bool) -> list[str]:
            "candidates.*.tv_distance, candidates.*.true_rank, ranking.true, best.true, best.fred_picks_true_best, "
            "spearman_fred_vs_true (the builtin world's private mixture)"]
     if validation:
+        trained = "DP-FedAvg (privacy.validation)" if dp_validation else "FedAvg without DP"
         out.append("candidates.*.perplexity, candidates.*.perplexity_after_prefinetune, spearman_*_downstream, "
-                   "spearman_fred_vs_prefinetune_perplexity, the validation checkpoints (FedAvg on the private "
-                   "clients without DP, scored on held-out private clients)")
+                   f"spearman_fred_vs_prefinetune_perplexity (models trained on the private clients by {trained}, "
+                   "scored on held-out private clients without DP)")
     if saved_text:
         out.append("embeddings.npz: the private clients' texts and embeddings (save_private_text=true)")
     return out

@@ -161,3 +161,21 @@ def test_recipe_smoke(tmp_path):
     world = build_world(compose_recipe("fred", ["run.smoke=true"]).dataset.params, 0)
     private = {t for c in world["train_clients"] for t in c} - {t for v in world["candidates"].values() for t in v}
     assert private and not cached & private
+
+
+def test_recipe_smoke_with_dp_validation(tmp_path):
+    """The validation's FL fine-tuning under DP-FedAvg with its own budget, composed over every candidate's run;
+    the noise multiplier against an independent calibration (q = C/N, rounds × candidates steps)."""
+    from runner.core.cli import run_recipe
+    from runner.privacy.accounting import calibrate_noise
+
+    res = run_recipe("fred", ["run.smoke=true", "run.progress=false", "algorithm.validation.dp_epsilon=2.0"],
+                     run_dir=tmp_path)
+    val = res["privacy"]["validation"]
+    n_clients, c, rounds = res["data"]["clients"], 3, 2  # smoke: clients_per_round 3, rounds 2
+    assert val["sample_rate"] == pytest.approx(c / n_clients) and val["steps"] == rounds * len(CANDIDATES)
+    z = calibrate_noise(2.0, 3e-6, steps=rounds * len(CANDIDATES), sample_rate=c / n_clients, accountant="rdp")
+    assert val["noise_multiplier"] == pytest.approx(z) and 1.9 <= val["epsilon"] <= 2.0
+    assert 0.97 <= res["privacy"]["fred"]["epsilon"] <= 1.0  # the FreD release keeps its own budget
+    assert all(np.isfinite(c["perplexity"]) for c in res["candidates"].values())
+    assert any("DP-FedAvg" in item for item in res["privacy"]["not_private"])

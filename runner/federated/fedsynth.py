@@ -41,7 +41,8 @@ from runner.core.seeding import derive_seed
 from runner.federated.backends import TrainerSpec, make_backend
 from runner.federated.client import LocalTrainer, TrainPlan
 from runner.federated.config import ServerConfig, SimulationConfig, check_server, check_simulation
-from runner.federated.recipes import Experiment
+from runner.federated.private import preflight
+from runner.federated.recipes import Experiment, with_privacy
 
 
 # --------------------------------------------------------------------------- the synthetic set
@@ -283,6 +284,7 @@ class FedSynthConfig(SimulationConfig):
         if cfg.dataset.kind in ("sent140", "shakespeare"):
             raise ConfigError(f"dataset={cfg.dataset.name}: FedSynth learns continuous synthetic inputs, "
                               "and this dataset's inputs are tokens (use an image or feature dataset)")
+        preflight(cfg, [("algorithm.server", a.server, a.server.concurrency or a.concurrency)], [cfg.privacy.epsilon])
 
 
 def _use_codec(exp: Experiment, cfg: DictConfig, codec: dict[str, Any] | None) -> int:
@@ -309,9 +311,9 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         floats = _use_codec(exp, cfg, codec)
         method = codec["name"] if codec else "full"
         server = OmegaConf.merge(a.server, {"lr": a.server_lr[method] or a.server.lr})
-        r = exp.simulate(name, server, concurrency)
-        return {**{k: r[k] for k in _REPORTED}, "upload_floats": floats, "upload_fraction": floats / num_params,
-                "history": r["history"]}
+        r = exp.simulate(name, server, concurrency, cfg.privacy.epsilon)  # DP clips and noises the decoded Δ̂
+        return {**{k: r[k] for k in _REPORTED if k in r}, **({"privacy": r["privacy"]} if "privacy" in r else {}),
+                "upload_floats": floats, "upload_fraction": floats / num_params, "history": r["history"]}
 
     try:
         runs = {"full": stage("full", None)}
@@ -347,14 +349,15 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                      "random masking of the same number of floats):\n\n"
                      + markdown_table(rows, ["upload floats", "% of model", "m", "fedsynth", "random mask"]))
     strip = {"history"}
-    return {"num_parameters": num_params, "server_mode": a.server.mode,
-            "server_lr": {m: a.server_lr[m] or a.server.lr for m in _METHODS},
-            "random_mask_rescaled": bool(a.random_mask.rescale),
-            "full": {k: v for k, v in full.items() if k not in strip},
-            "by_budget": {k: {"synthetic_examples": b["synthetic_examples"],
-                              **{n: {f: v for f, v in b[n].items() if f not in strip}
-                                 for n in ("fedsynth", "random_mask")}}
-                          for k, b in by_budget.items()}}
+    out = {"num_parameters": num_params, "server_mode": a.server.mode,
+           "server_lr": {m: a.server_lr[m] or a.server.lr for m in _METHODS},
+           "random_mask_rescaled": bool(a.random_mask.rescale),
+           "full": {k: v for k, v in full.items() if k not in strip},
+           "by_budget": {k: {"synthetic_examples": b["synthetic_examples"],
+                             **{n: {f: v for f, v in b[n].items() if f not in strip}
+                                for n in ("fedsynth", "random_mask")}}
+                         for k, b in by_budget.items()}}
+    return with_privacy(out, cfg, runs.values())
 
 
 _METHODS = ("full", "fedsynth", "random_mask")

@@ -235,10 +235,10 @@ def run_fedbuff(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         curves = {f"{k} ε={e}": v for e, r in by_eps.items() for k, v in r.items()}
         ctx.plot("accuracy_vs_updates_by_epsilon", _curves(curves, "client_updates"), "client updates",
                  "test accuracy", title=f"{title}: user-level DP (δ={cfg.privacy.delta})")
-    return _with_privacy(out, cfg, results.values())
+    return with_privacy(out, cfg, results.values())
 
 
-def _with_privacy(out: dict[str, Any], cfg: DictConfig, runs: Any) -> dict[str, Any]:
+def with_privacy(out: dict[str, Any], cfg: DictConfig, runs: Any) -> dict[str, Any]:
     """results.json ``privacy`` (from the accountant) when the run trains with DP: the largest spend of any one
     model trained at the ``privacy`` budget (each is a separate model with its own budget) and
     ``epsilon_all_models``, the spend if every one of them were released (their releases composed)."""
@@ -292,4 +292,4 @@ def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                  "concurrency", "sync / async to target")
     out = {"target_accuracy": a.target_accuracy, "population": exp.population.size,
            "num_parameters": int(exp.x0.numel()), "by_concurrency": by_c}
-    return _with_privacy(out, cfg, [r for level in by_c.values() for r in (level["sync"], level["async"])])
+    return with_privacy(out, cfg, [r for level in by_c.values() for r in (level["sync"], level["async"])])

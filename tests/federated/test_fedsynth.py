@@ -205,3 +205,18 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="algorithm.fedsynth.init"):
         compose_recipe("fedsynth", ["algorithm.fedsynth.init=zeros"])
     assert OmegaConf.to_container(compose_recipe("fedsynth").algorithm.random_mask) == {"rescale": True}
+
+
+def test_fedsynth_under_user_level_dp(tmp_path):
+    """privacy=eps1 trains every upload codec with DP (the server clips and noises the decoded Δ̂): each stage's
+    spend, recomputed with Opacus' RDP accountant from its own (z, q, steps), is the one reported and ≤ ε."""
+    from opacus.accountants import RDPAccountant
+
+    r = run_recipe("fedsynth", ["run.smoke=true", "run.progress=false", "privacy=eps1"], run_dir=tmp_path)
+    stages = [r["full"], r["by_budget"]["75"]["fedsynth"], r["by_budget"]["75"]["random_mask"]]
+    for p in (s["privacy"] for s in stages):
+        acc = RDPAccountant()
+        acc.history = [(p["noise_multiplier"], p["sample_rate"], p["steps"])]
+        assert p["steps"] > 0 and p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-6)
+        assert p["epsilon"] <= 1.0
+    assert r["privacy"]["epsilon"] == max(s["privacy"]["epsilon"] for s in stages)

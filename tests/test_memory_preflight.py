@@ -41,7 +41,14 @@ def test_parameter_and_lora_counts_match_the_models(arch):
 
 
 def test_waltzrl_paper_on_one_gpu_fails_preflight_with_one_line():
+    # the recipe as shipped (two LoRA agents): its one engine's share cannot hold the 8B weights
     r = run_cli("+recipe=waltzrl_paper", "hardware=gpu1", timeout=120)
+    lines = r.stderr.strip().splitlines()
+    assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
+    assert lines[0].startswith("config error: vLLM engine 'conversation+feedback+single_model_rl' gets 0.2 × 80 GB")
+    assert "no room for a KV cache" in lines[0] and "hardware.judge_engine=hf" in lines[0]
+    # full fine-tuning, as in the paper: five engines and three full 8B policies with AdamW
+    r = run_cli("+recipe=waltzrl_paper", "hardware=gpu1", "algorithm.lora.enabled=false", timeout=120)
     lines = r.stderr.strip().splitlines()
     assert r.returncode == 2 and len(lines) == 1, r.stderr[-2000:]
     assert lines[0].startswith("config error: GPU memory over budget on hardware=gpu1 (80 GB per GPU): 5 vLLM engines")

@@ -129,6 +129,14 @@ def test_evaluate_claims_returns_holds_and_info():
                             "values": {"trained.asr": 0.1, "base.asr": 0.5}, "reason": None}
 
 
+def test_a_null_expression_withdraws_an_inherited_claim():
+    holds, _ = evaluate_claims({"down": "trained.asr < base.asr", "up": None}, RESULTS)
+    assert holds == {"down": True}
+    cfg = compose_recipe("fedbuff_dp")  # inherits fedbuff's claims and withdraws one of them
+    assert "fewer_updates_than_fedasync" in compose_recipe("fedbuff").claims
+    assert cfg.claims.fewer_updates_than_fedasync is None and cfg.claims.beats_fedasync_final_accuracy
+
+
 def test_a_bad_claim_fails_composition_naming_it():
     with pytest.raises(ConfigError, match="claim 'broken'"):
         compose_recipe("smoke", ["+claims.broken='eval_loss <<< 1'"])

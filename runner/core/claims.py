@@ -166,12 +166,13 @@ def parse_claim(name: str, expression: Any) -> Claim:
 
 
 def parse_claims(claims: Mapping[str, Any] | None) -> dict[str, Claim]:
-    """Parse a ``claims:`` mapping (name → expression); ConfigError on the first bad one."""
+    """Parse a ``claims:`` mapping (name → expression); ConfigError on the first bad one. A null expression
+    withdraws a claim inherited from a parent recipe (``name: null``)."""
     if claims is None:
         return {}
     if not isinstance(claims, Mapping):
         raise ConfigError(f"claims must be a mapping of name → expression, got {type(claims).__name__}")
-    return {str(k): parse_claim(k, v) for k, v in claims.items()}
+    return {str(k): parse_claim(k, v) for k, v in claims.items() if v is not None}
 
 
 # --------------------------------------------------------------------------- evaluation

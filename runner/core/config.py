@@ -297,20 +297,25 @@ def validate(cfg: DictConfig) -> DictConfig:
     return bound
 
 
+def _apply_overrides(cfg: DictConfig, block: str, explicit: set[str] | frozenset[str]) -> DictConfig:
+    """Apply ``run.<block>`` (dotted keys → values) to ``cfg``; keys in ``explicit`` keep the user's value."""
+    for key, value in (cfg.run.get(block) or {}).items():
+        if key in explicit:
+            continue
+        try:
+            OmegaConf.update(cfg, key, value, merge=True, force_add=False)
+        except OmegaConfBaseException:
+            raise ConfigError(f"run.{block} names unknown key {key}") from None
+    return cfg
+
+
 def apply_private(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset()) -> DictConfig:
     """If the ``privacy`` group sets a budget, apply the recipe's ``run.private_overrides`` (dotted keys → values):
     the setting a recipe needs under DP (e.g. a larger population). Keys in ``explicit`` keep the user's value."""
     run, privacy = cfg.get("run"), cfg.get("privacy")
     if not run or not privacy or privacy.get("epsilon") is None:
         return cfg
-    for key, value in (run.get("private_overrides") or {}).items():
-        if key in explicit:
-            continue
-        try:
-            OmegaConf.update(cfg, key, value, merge=True, force_add=False)
-        except OmegaConfBaseException:
-            raise ConfigError(f"run.private_overrides names unknown key {key}") from None
-    return cfg
+    return _apply_overrides(cfg, "private_overrides", explicit)
 
 
 def apply_smoke(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset()) -> DictConfig:
@@ -321,14 +326,7 @@ def apply_smoke(cfg: DictConfig, explicit: set[str] | frozenset[str] = frozenset
     run = cfg.get("run")
     if not run or not run.get("smoke"):
         return cfg
-    for key, value in (run.get("smoke_overrides") or {}).items():
-        if key in explicit:
-            continue
-        try:
-            OmegaConf.update(cfg, key, value, merge=True, force_add=False)
-        except OmegaConfBaseException:
-            raise ConfigError(f"run.smoke_overrides names unknown key {key}") from None
-    return cfg
+    return _apply_overrides(cfg, "smoke_overrides", explicit)
 
 
 def to_plain(cfg: DictConfig | ListConfig) -> Any:

@@ -66,6 +66,23 @@ def kill_runner_when(args: Sequence[str], ready: Callable[[], bool], timeout: fl
             proc.wait()
 
 
+def resume_and_compare(args: Sequence[str], killed: Path, clean: Path) -> tuple[dict, dict]:
+    """Resume the killed run in ``killed`` and run it uninterrupted in ``clean``; both must finish, only the first
+    as a resume, with equal comparable results (runner.core.report) and byte-identical metric logs. Returns the
+    two results.json."""
+    from runner.core.report import comparable_results
+
+    for run_dir in (killed, clean):
+        proc = run_cli(*args, f"run.dir={run_dir}")
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    a = json.loads((killed / "results.json").read_text())
+    b = json.loads((clean / "results.json").read_text())
+    assert a["run"]["resumed"] is True and b["run"]["resumed"] is False
+    assert comparable_results(a) == comparable_results(b)
+    assert (killed / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
+    return a, b
+
+
 def logged_records(path: Path) -> list[dict]:
     """What a (possibly running) process has written to ``metrics.jsonl``; a half-written last line is skipped."""
     if not path.exists():

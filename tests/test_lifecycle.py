@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from runner.core.cli import run_recipe
-from tests.conftest import ROOT, kill_runner_when, run_cli
+from tests.conftest import ROOT, kill_runner_when, resume_and_compare, run_cli
 
 SMALL = ["algorithm.steps=80", "algorithm.checkpoint_every=20", "algorithm.eval_every=40", "algorithm.warmup_steps=5",
          "run.progress=false"]
@@ -39,17 +39,9 @@ def test_resume_after_kill_reaches_the_same_final_metrics(tmp_path):
     kill_runner_when(["+recipe=smoke", f"run.dir={killed}", *SMALL], ckpt.exists, timeout=400)
     assert ckpt.exists() and not (killed / "results.json").exists(), "the run must be killed mid-training"
 
-    resumed = run_cli("+recipe=smoke", f"run.dir={killed}", *SMALL)
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    uninterrupted = run_cli("+recipe=smoke", f"run.dir={clean}", *SMALL)
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-
-    a = json.loads((killed / "results.json").read_text())
-    b = json.loads((clean / "results.json").read_text())
-    assert a["run"]["resumed"] is True and b["run"]["resumed"] is False
+    a, b = resume_and_compare(["+recipe=smoke", *SMALL], killed, clean)
     for key in ("train_loss_first", "train_loss_last", "eval_loss", "eval_perplexity", "samples"):
         assert a[key] == b[key], key
-    assert (killed / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
 
 
 def test_resume_with_a_different_config_is_refused(tmp_path):

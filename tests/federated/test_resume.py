@@ -6,10 +6,7 @@ The simulator checkpoints its whole state (clock, heap, in-flight clients, RNG, 
 
 from __future__ import annotations
 
-import json
-
-from runner.core.report import comparable_results
-from tests.conftest import kill_runner_when, run_cli
+from tests.conftest import kill_runner_when, resume_and_compare
 
 ARGS = ("+recipe=fedbuff", "run.smoke=true", "run.progress=false", "algorithm.checkpoint_every=25",
         "algorithm.max_client_updates=300")
@@ -22,13 +19,6 @@ def test_fedbuff_killed_mid_stage_resumes_to_the_same_results(tmp_path):
     assert (killed / "checkpoints" / "fedbuff" / "done.json").exists()
     assert not (stage / "done.json").exists() and not (killed / "results.json").exists(), "killed mid-stage"
 
-    resumed = run_cli(*ARGS, f"run.dir={killed}")
-    assert resumed.returncode == 0, resumed.stderr[-3000:]
-    uninterrupted = run_cli(*ARGS, f"run.dir={clean}")
-    assert uninterrupted.returncode == 0, uninterrupted.stderr[-3000:]
-    a = json.loads((killed / "results.json").read_text())
-    b = json.loads((clean / "results.json").read_text())
-    assert a["run"]["resumed"] is True and b["run"]["resumed"] is False
-    assert comparable_results(a) == comparable_results(b) and a["algorithms"] == b["algorithms"]
-    assert (killed / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
+    a, b = resume_and_compare(ARGS, killed, clean)
+    assert a["algorithms"] == b["algorithms"]
     assert (killed / "curves.json").read_text() == (clean / "curves.json").read_text()

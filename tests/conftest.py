@@ -11,6 +11,7 @@ import tempfile
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -81,6 +82,19 @@ def resume_and_compare(args: Sequence[str], killed: Path, clean: Path) -> tuple[
     assert comparable_results(a) == comparable_results(b)
     assert (killed / "metrics.jsonl").read_text() == (clean / "metrics.jsonl").read_text()
     return a, b
+
+
+def install_fake_vllm(monkeypatch: pytest.MonkeyPatch, llm_cls: type) -> Any:
+    """Put a fake ``vllm`` module (``LLM`` = ``llm_cls``, ``SamplingParams`` recording its keywords) in
+    sys.modules for one test, outside any distributed world, so the engine can be tested behind its interface."""
+    import types
+
+    fake = types.ModuleType("vllm")
+    fake.LLM = llm_cls
+    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
+    monkeypatch.setitem(sys.modules, "vllm", fake)
+    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    return fake
 
 
 def logged_records(path: Path) -> list[dict]:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import pytest
@@ -14,6 +13,7 @@ from runner.data.text import builtin_corpus, split_heldout
 from runner.models.builder import ModelLoadError, build_model_and_tokenizer, build_tokenizer
 from runner.rollout import SamplingParams
 from runner.rollout.hf import HFEngine
+from tests.conftest import install_fake_vllm
 
 
 def _cfg(**kw):
@@ -207,12 +207,7 @@ class _FakeLLM:
 
 @pytest.fixture
 def fake_vllm(monkeypatch):
-    fake = types.ModuleType("vllm")
-    fake.LLM = _FakeLLM
-    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
-    return fake
+    return install_fake_vllm(monkeypatch, _FakeLLM)
 
 
 def test_vllm_engine_maps_params_outputs_and_weight_updates(fake_vllm):

@@ -15,6 +15,7 @@ from runner.models.builder import build_model_and_tokenizer
 from runner.rollout import SamplingParams
 from runner.rollout.base import request_seed
 from runner.rollout.hf import HFEngine, PerRequestSampler
+from tests.conftest import install_fake_vllm
 
 
 @pytest.fixture(scope="module")
@@ -97,11 +98,7 @@ class _RecordingLLM:
 
 
 def test_vllm_gets_one_seeded_request_per_copy(monkeypatch):
-    fake = types.ModuleType("vllm")
-    fake.LLM = _RecordingLLM
-    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    install_fake_vllm(monkeypatch, _RecordingLLM)
     from runner.rollout.vllm import VLLMEngine
 
     engine = VLLMEngine("some/model")

@@ -26,9 +26,10 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+from scipy.special import gammaincinv, ndtri
 
 from runner.core.errors import ConfigError
-from runner.core.seeding import derive_seed
+from runner.core.seeding import derive_seed, hash_uniform
 
 
 @dataclass
@@ -49,6 +50,7 @@ class FederatedDatasetConfig:
     seq_len: int = 25  # sent140: tokens per example; shakespeare uses LEAF's 80 characters
     vocab_size: int = 10_000  # sent140: hashed word vocabulary
     image_size: int = 84  # celeba: resized square images
+    sampler: str = "rng"  # digits/cifar10 shards: rng (a numpy Generator per client) | hash (vectorised, batched)
 
     @staticmethod
     def check(d: Any) -> None:
@@ -63,6 +65,8 @@ class FederatedDatasetConfig:
             raise ConfigError(f"dataset.alpha={d.alpha} must be > 0 (and dataset.beta >= 0)")
         if d.samples_per_client < 1:
             raise ConfigError(f"dataset.samples_per_client={d.samples_per_client} must be >= 1")
+        if d.sampler not in ("rng", "hash") or (d.sampler == "hash" and d.kind not in ("digits", "cifar10")):
+            raise ConfigError(f"dataset.sampler='{d.sampler}' must be rng, or hash (digits and cifar10 only)")
 
 
 class FederatedData(Protocol):
@@ -93,7 +97,7 @@ class DirichletPartition:
     """A pool split across ``num_clients`` virtual clients with Dirichlet(α) label proportions."""
 
     def __init__(self, x: np.ndarray, y: np.ndarray, x_test: np.ndarray, y_test: np.ndarray, num_clients: int,
-                 alpha: float, samples_per_client: int, size_sigma: float, seed: int):
+                 alpha: float, samples_per_client: int, size_sigma: float, seed: int, sampler: str = "rng"):
         self.x, self.y = torch.as_tensor(x, dtype=torch.float32), torch.as_tensor(y, dtype=torch.long)
         self._test = torch.as_tensor(x_test, dtype=torch.float32), torch.as_tensor(y_test, dtype=torch.long)
         self.num_clients = num_clients
@@ -102,12 +106,49 @@ class DirichletPartition:
         self.input_dtype = torch.float32
         self.alpha, self.median, self.sigma, self.seed = alpha, samples_per_client, size_sigma, seed
         self.by_class = [np.flatnonzero(y == c) for c in range(self.num_classes)]
+        self.sampler = sampler
+        self._class_count = np.array([len(b) for b in self.by_class])
+        self._class_start = np.concatenate([[0], np.cumsum(self._class_count)[:-1]])
+        self._by_class_flat = np.concatenate(self.by_class)
 
     def label_proportions(self, cid: int) -> np.ndarray:
         """Client ``cid``'s p ~ Dir(α·1) over the classes present in the pool."""
         return _rng(self.seed, "dirichlet", cid).dirichlet(np.full(self.num_classes, self.alpha))
 
+    # ------------------------------------------------------------------ sampler=hash: whole batches of clients
+    def shard_sizes(self, cids: np.ndarray) -> np.ndarray:
+        """Shard sizes of ``cids`` under ``sampler=hash``: median × lognormal(σ), at least 1."""
+        if self.sigma <= 0:
+            return np.full(len(cids), self.median, np.int64)
+        z = ndtri(hash_uniform(self.seed, "shard-size", cids))
+        return np.maximum(1, np.rint(self.median * np.exp(self.sigma * z))).astype(np.int64)
+
+    def client_indices_many(self, cids: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Pool indices of many clients' shards at once (``sampler=hash``), concatenated, and the shard sizes.
+
+        Client k: p ~ Dir(α·1) from hashed Gamma(α) variates (inverse CDF), then each of its n_k examples
+        draws a class from p and an example of that class uniformly (with replacement). Every draw is a
+        hash of (seed, client id, slot), so a client's shard does not depend on the batch it is derived in.
+        """
+        cids = np.asarray(cids, np.int64)
+        n, k = len(cids), self.num_classes
+        sizes = self.shard_sizes(cids)
+        g = gammaincinv(self.alpha, hash_uniform(self.seed, "dirichlet", cids[:, None], np.arange(k)[None]))
+        g[:, self._class_count == 0] = 0.0
+        g[g.sum(1) <= 0, np.argmax(self._class_count)] = 1.0  # (every Gamma variate underflowed)
+        cum = np.cumsum(g / g.sum(1, keepdims=True), 1)
+        row = np.repeat(np.arange(n), sizes)
+        slot = np.arange(len(row)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        u = hash_uniform(self.seed, "shard-class", cids[row], slot)
+        cls = np.minimum((u[:, None] >= cum[row]).sum(1), k - 1)
+        cls = np.where(self._class_count[cls] > 0, cls, np.argmax(self._class_count))
+        v = hash_uniform(self.seed, "shard-example", cids[row], slot)
+        pick = self._class_start[cls] + (v * self._class_count[cls]).astype(np.int64)
+        return self._by_class_flat[pick], sizes
+
     def client_indices(self, cid: int) -> np.ndarray:
+        if self.sampler == "hash":
+            return self.client_indices_many(np.array([cid]))[0]
         rng = _rng(self.seed, "shard", cid)
         n = _shard_size(rng, self.median, self.sigma)
         counts = rng.multinomial(n, self.label_proportions(cid))
@@ -133,7 +174,8 @@ def load_digits_partition(cfg: Any, seed: int) -> DirichletPartition:
     x_tr, x_te, y_tr, y_te = train_test_split(x, d.target, test_size=cfg.test_fraction, random_state=seed % 2**32,
                                               stratify=d.target)
     return DirichletPartition(x_tr, y_tr, x_te[: cfg.max_test_examples], y_te[: cfg.max_test_examples],
-                              cfg.num_clients, cfg.alpha, cfg.samples_per_client, cfg.size_sigma, seed)
+                              cfg.num_clients, cfg.alpha, cfg.samples_per_client, cfg.size_sigma, seed,
+                              cfg.get("sampler", "rng"))
 
 
 def load_cifar10(path: str | Path) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
@@ -288,5 +330,5 @@ def build_federated_data(cfg: Any, seed: int) -> FederatedData:
     if cfg.kind == "cifar10":
         x, y, x_te, y_te = load_cifar10(cfg.path)
         return DirichletPartition(x, y, x_te[: cfg.max_test_examples], y_te[: cfg.max_test_examples], cfg.num_clients,
-                                  cfg.alpha, cfg.samples_per_client, cfg.size_sigma, seed)
+                                  cfg.alpha, cfg.samples_per_client, cfg.size_sigma, seed, cfg.get("sampler", "rng"))
     return LeafJSON(cfg)

@@ -22,8 +22,9 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils.rnn import pad_sequence
 
-from runner.core.seeding import derive_seed
+from runner.core.seeding import derive_seed, hash_uniform
 from runner.data.federated import FederatedData
+from runner.federated.kernels import MLPKernel
 
 
 @dataclass
@@ -41,6 +42,30 @@ class TrainPlan:
     def examples(self) -> int:
         """Examples processed (the client's compute work)."""
         return int(self.mask.sum())
+
+
+@dataclass
+class BatchPlan:
+    """Many clients' local work at once (``dataset.sampler=hash``): minibatches as indices into the example pool.
+
+    Client i runs ``steps[i]`` steps; step s uses pool rows ``idx[i, s]`` where ``mask[i, s]`` is 1.
+    """
+
+    cids: np.ndarray
+    draws: np.ndarray
+    idx: torch.Tensor  # [n, steps, width] pool indices (0 where masked)
+    mask: torch.Tensor  # [n, steps, width]
+    steps: np.ndarray  # [n]
+
+    def plans(self, xs: torch.Tensor, ys: torch.Tensor) -> list[TrainPlan]:
+        """The same work as per-client :class:`TrainPlan` s (the shard holds each step's rows in order)."""
+        out = []
+        for i, (cid, draw, k) in enumerate(zip(self.cids.tolist(), self.draws.tolist(), self.steps.tolist())):
+            rows, width = self.idx[i, :k], self.idx.shape[2]
+            local = torch.arange(k * width).reshape(k, width)
+            out.append(TrainPlan(xs[rows.reshape(-1)], ys[rows.reshape(-1)], local, self.mask[i, :k].clone(),
+                                 cid, draw))
+        return out
 
 
 def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -103,6 +128,8 @@ class LocalTrainer:
         self.local_epochs, self.lr = (int(cfg.local_epochs) if cfg.local_epochs else None), float(cfg.lr)
         self._grad = vmap(grad(self._loss), in_dims=(0, 0, 0, 0))
         self.codec = make_codec(cfg.get("codec"), self)
+        self.batched = getattr(data, "sampler", "rng") == "hash"  # shards and plans derived a batch at a time
+        self.kernel = MLPKernel(model) if MLPKernel.supports(model) else None
 
     @property
     def upload_floats(self) -> int:
@@ -110,8 +137,53 @@ class LocalTrainer:
         return self.codec.upload_floats if self.codec is not None else self.space.size
 
     # ------------------------------------------------------------------ the client's plan
+    def examples(self, cids: np.ndarray) -> np.ndarray:
+        """Examples each client of ``cids`` processes in one participation (its compute work), from its shard
+        size alone (``dataset.sampler=hash``; no shard is built)."""
+        sizes = self.data.shard_sizes(np.asarray(cids, np.int64))
+        if self.local_epochs:
+            return self.local_epochs * sizes
+        return self.local_steps * np.minimum(sizes, self.batch_size)
+
+    def plan_many(self, cids: np.ndarray, draws: np.ndarray) -> BatchPlan:
+        """Plans of many participations at once (``dataset.sampler=hash``): each epoch is a permutation of the
+        shard by hashed keys of (client, draw, epoch, slot); in ``local_steps`` mode each step takes the
+        ``min(batch, n)`` examples with the smallest keys of (client, draw, step, slot). Vectorised over clients."""
+        cids, draws = np.asarray(cids, np.int64), np.asarray(draws, np.int64)
+        pool, sizes = self.data.client_indices_many(cids)
+        n, b = len(cids), self.batch_size
+        row = np.repeat(np.arange(n), sizes)
+        slot = np.arange(len(row)) - np.repeat(np.cumsum(sizes) - sizes, sizes)
+        if self.local_epochs:
+            per_epoch = -(-sizes // b)
+            steps = self.local_epochs * per_epoch
+            width = int(min(b, sizes.max(initial=1)))
+            idx = np.zeros((n, int(steps.max(initial=0)), width), np.int64)
+            mask = np.zeros(idx.shape, np.float32)
+            for e in range(self.local_epochs):
+                keys = hash_uniform(self.seed, "local-sgd", cids[row], draws[row], e, slot)
+                perm = pool[np.lexsort((keys, row))]  # each client's rows stay contiguous, shuffled within
+                step = e * per_epoch[row] + slot // b
+                idx[row, step, slot % b] = perm
+                mask[row, step, slot % b] = 1.0
+        else:
+            steps = np.full(n, self.local_steps)
+            width = int(min(b, sizes.max(initial=1)))
+            idx = np.zeros((n, self.local_steps, width), np.int64)
+            mask = np.zeros(idx.shape, np.float32)
+            take = slot < b
+            for s in range(self.local_steps):
+                keys = hash_uniform(self.seed, "local-sgd", cids[row], draws[row], s, slot)
+                perm = pool[np.lexsort((keys, row))]
+                idx[row[take], s, slot[take]] = perm[take]
+                mask[row[take], s, slot[take]] = 1.0
+        return BatchPlan(cids, draws, torch.from_numpy(idx), torch.from_numpy(mask), steps)
+
     def plan(self, cid: int, draw: int) -> TrainPlan:
-        """Minibatches of client ``cid``'s ``draw``-th participation, from ``derive_seed(seed, cid, draw)``."""
+        """Minibatches of client ``cid``'s ``draw``-th participation, from ``derive_seed(seed, cid, draw)``
+        (``dataset.sampler=hash``: the client's row of :meth:`plan_many`)."""
+        if self.batched:
+            return self.plan_many(np.array([cid]), np.array([draw])).plans(self.data.x, self.data.y)[0]
         x, y = self.data.client_shard(cid)
         n, b = len(y), self.batch_size
         rng = np.random.default_rng(derive_seed(self.seed, "local-sgd", cid, draw))
@@ -178,6 +250,24 @@ class LocalTrainer:
             m = self.cfg.max_batch
             deltas = torch.cat([self.train_many(x0s[i:i + m], plans[i:i + m]) for i in range(0, len(plans), m)])
         return deltas if self.codec is None else self.codec(x0s, deltas, plans)
+
+    def train_clients(self, x0s: torch.Tensor, cids: Sequence[int], draws: Sequence[int],
+                      plans: Sequence[TrainPlan | None] | None = None) -> torch.Tensor:
+        """Δ (or the codec's Δ̂) of participations (cid, draw) from start parameters x0s [n, P]. With
+        ``dataset.sampler=hash`` the plans are derived for the whole batch at once, and an MLP trains with the
+        batched closed-form kernel (:mod:`runner.federated.kernels`); otherwise per-client plans."""
+        if plans is not None and all(p is not None for p in plans):
+            return self.train(x0s, list(plans))
+        if not self.batched:
+            return self.train(x0s, [self.plan(c, d) for c, d in zip(cids, draws)])
+        bp = self.plan_many(np.asarray(cids), np.asarray(draws))
+        if self.kernel is None or not self.cfg.vectorize:
+            return self.train(x0s, bp.plans(self.data.x, self.data.y))
+        m = self.cfg.max_batch
+        deltas = torch.cat([self.kernel.train(x0s[i:i + m], self.data.x, self.data.y, bp.idx[i:i + m],
+                                              bp.mask[i:i + m], bp.steps[i:i + m], self.lr)
+                            for i in range(0, len(bp.steps), m)])
+        return deltas if self.codec is None else self.codec(x0s, deltas, bp.plans(self.data.x, self.data.y))
 
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()

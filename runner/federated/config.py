@@ -28,19 +28,26 @@ class ClientConfig:
 
 @dataclass
 class ClockConfig:
-    """Device durations and availability (all times in simulated seconds).
+    """Device durations and availability (all times in simulated seconds; :mod:`runner.federated.population`).
 
-    Duration = compute (examples processed × the device's seconds per example, lognormal across devices)
-    + network (bytes down + up / the device's bandwidth, lognormal). Availability is diurnal: a device is
-    online for ``window_hours`` (uniform in the range) each day, starting at a phase uniform over the day.
+    A participation is download (model bytes / downlink) → compute (examples processed × the device's
+    seconds per example, lognormal across devices) → upload (update bytes / uplink); down- and uplink are
+    lognormal around their medians. Availability is diurnal: a device is online for ``window_hours`` (uniform
+    in the range) each day, from a phase uniform over the day, or, with ``time_zones``, from around the local
+    hour ``window_start_hour`` in a time zone drawn with ``time_zone_weights`` (the clock starts at 00:00 UTC).
     A client drops out if its window closes mid-training or at an exponential time with ``dropout_rate``.
     """
 
     seconds_per_example: float = 1.0  # median across devices
     speed_sigma: float = 1.0  # lognormal σ of seconds per example (heavy tail of stragglers)
-    bandwidth: float = 1.0e6  # median bytes per second
+    bandwidth: float = 1.0e6  # median downlink bytes per second
+    uplink_bandwidth: float | None = None  # median uplink bytes per second; null: the downlink's
     bandwidth_sigma: float = 0.5
     window_hours: list[float] = field(default_factory=lambda: [24.0, 24.0])  # [min, max]; 24 = always online
+    time_zones: list[float] = field(default_factory=list)  # UTC offsets (hours); empty: uniform phase
+    time_zone_weights: list[float] = field(default_factory=list)  # share of devices per zone; empty: equal
+    window_start_hour: float = 22.0  # local hour the window opens (mean), with time_zones
+    window_start_sigma_hours: float = 1.5
     dropout_rate: float = 0.0  # per simulated second of training
 
 
@@ -204,6 +211,14 @@ def check_simulation(cfg: DictConfig) -> None:
         raise ConfigError("algorithm.clock: seconds_per_example and bandwidth must be > 0, sigmas >= 0")
     if k.dropout_rate < 0:
         raise ConfigError(f"algorithm.clock.dropout_rate={k.dropout_rate} must be >= 0")
+    if k.uplink_bandwidth is not None and k.uplink_bandwidth <= 0:
+        raise ConfigError(f"algorithm.clock.uplink_bandwidth={k.uplink_bandwidth} must be > 0 or null")
+    if k.time_zone_weights and (len(k.time_zone_weights) != len(k.time_zones) or min(k.time_zone_weights) < 0
+                                or sum(k.time_zone_weights) <= 0):
+        raise ConfigError("algorithm.clock.time_zone_weights must be one weight >= 0 per time zone (not all 0)")
+    if any(not -12 <= z <= 14 for z in k.time_zones) or k.window_start_sigma_hours < 0:
+        raise ConfigError("algorithm.clock.time_zones must be UTC offsets in [-12, 14] hours and "
+                          "window_start_sigma_hours >= 0")
     f = a.faults
     if f.max_update_norm <= 0 or not (0 <= f.nan_rate and 0 <= f.blowup_rate and f.nan_rate + f.blowup_rate <= 1):
         raise ConfigError("algorithm.faults: max_update_norm must be > 0 and nan_rate + blowup_rate in [0, 1]")

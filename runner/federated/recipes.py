@@ -121,7 +121,7 @@ class Experiment:
         self.trainer = build_trainer(spec)
         self.backend = make_backend(a.backend, self.trainer, spec)
         self.x0 = self.trainer.space.flatten(self.trainer.model)
-        self.population = Population(self.trainer.data.num_clients, a.clock, ctx.seed)
+        self.population = Population(self.trainer.data.num_clients, a.clock, ctx.seed, hashed=self.trainer.batched)
         self.x_test, self.y_test = self.trainer.data.test_set()
 
     def evaluate(self, x: torch.Tensor) -> dict[str, float]:

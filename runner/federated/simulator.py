@@ -34,12 +34,12 @@ import torch
 from runner.core.seeding import derive_seed
 from runner.federated.backends import Backend, TrainJob
 from runner.federated.client import LocalTrainer, TrainPlan
-from runner.federated.population import Population
+from runner.federated.population import CheckInStream, Population
 
 FINISH, DROP, TIMER = 0, 1, 2
 
 
-@dataclass(eq=False)
+@dataclass(eq=False, slots=True)
 class Task:
     """One client participation: drawn at ``start`` from global model version ``version``."""
 
@@ -56,10 +56,12 @@ class Task:
     delta: torch.Tensor | None = None
     round: int = 0
     cancelled: bool = False
+    download: float = 0.0  # seconds of download before compute starts
+    check: int = 0  # the update's validation: 0 valid, 1 non-finite, 2 norm above the limit
 
     def compute_done(self, t: float) -> float:
-        """Compute-seconds spent by time ``t`` (compute comes before the upload)."""
-        return min(self.compute, max(0.0, t - self.start))
+        """Compute-seconds spent by time ``t`` (download → compute → upload)."""
+        return min(self.compute, max(0.0, t - self.start - self.download))
 
 
 class Server(Protocol):
@@ -139,6 +141,9 @@ class Simulator:
         self._seq = 0  # heap tie-breaker: events at equal times pop in push order
         self._next_task = 0
         self._select_rng = np.random.default_rng(derive_seed(seed, "select"))
+        # hashed population and batched trainer: check-ins and their profiles come a block at a time
+        self._stream = (CheckInStream(population, derive_seed(seed, "select"), trainer.examples)
+                        if population.hashed and getattr(trainer, "batched", False) else None)
         self._grid_k = 0  # next point of the evaluation grid (eval_interval set): t = k * eval_interval
         self.reached_target = False
         self.halted: str | None = None  # why the server stopped training early (e.g. its privacy budget is spent)
@@ -150,15 +155,27 @@ class Simulator:
         ``extra_bytes`` / ``extra_seconds``: what secure aggregation adds to the task (its cost model: protocol
         messages, and latency per extra round, charged as the bytes the device's link moves in that time).
         """
-        cid = self.population.select(self._select_rng, self.t, self.busy)
         tid, self._next_task = self._next_task, self._next_task + 1
-        plan = self.trainer.plan(cid, tid)
-        nbytes = self.model_bytes + self.upload_bytes + extra_bytes
-        if extra_seconds:
-            nbytes += extra_seconds * self.population.profile(cid).bandwidth
-        timing = self.population.timing(cid, tid, self.t, plan.examples, nbytes)
-        task = Task(tid, cid, self.t, self.t + timing.duration, self.version, self.x, plan.examples,
-                    timing.compute, timing.drop_at, plan, round=round)
+        down, plan = self.model_bytes, None
+        if self._stream is not None:
+            cid, prof, examples, u_drop = self._stream.next(self.t, self.busy)
+            up = self.upload_bytes + extra_bytes + extra_seconds * prof.uplink
+            rate = self.population.clock.dropout_rate
+            timing = self.population.timing_of(prof, self.t, examples, down, up,
+                                               -math.log(u_drop) / rate if rate > 0 else None)
+        else:
+            cid = self.population.select(self._select_rng, self.t, self.busy)
+            if getattr(self.trainer, "batched", False):
+                examples = int(self.trainer.examples(np.array([cid]))[0])
+            else:
+                plan = self.trainer.plan(cid, tid)
+                examples = plan.examples
+            up = self.upload_bytes + extra_bytes
+            if extra_seconds:
+                up += extra_seconds * self.population.profile(cid).uplink
+            timing = self.population.timing(cid, tid, self.t, examples, down, up)
+        task = Task(tid, cid, self.t, self.t + timing.duration, self.version, self.x, examples,
+                    timing.compute, timing.drop_at, plan, round=round, download=timing.download)
         self.in_flight[tid] = task
         self.busy[cid] = self.busy.get(cid, 0) + 1
         self.c.client_starts += 1
@@ -212,8 +229,12 @@ class Simulator:
                             key=lambda o: o.finish)
             batch = [task, *others[: self.cfg.client.max_batch - 1]]
             deltas = self.backend.train([TrainJob(o.cid, o.id, o.base, o.plan) for o in batch])
-            for o, d in zip(batch, deltas):
-                o.delta = self._inject_fault(o, d)
+            for i, o in enumerate(batch):
+                deltas[i] = self._inject_fault(o, deltas[i])
+            finite = torch.isfinite(deltas).all(1).tolist()  # validate the whole batch at once
+            small = (deltas.norm(dim=1) <= self.cfg.faults.max_update_norm).tolist()
+            for o, d, f, ok in zip(batch, deltas, finite, small):
+                o.delta, o.check = d, 0 if f and ok else (1 if not f else 2)
                 o.plan = None  # the shard is no longer needed
         return task.delta
 
@@ -228,15 +249,14 @@ class Simulator:
             return delta * 1e6
         return delta
 
-    def valid(self, delta: torch.Tensor) -> bool:
-        """Reject updates with NaN/inf or an L2 norm above ``faults.max_update_norm`` (and count them)."""
-        if not bool(torch.isfinite(delta).all()):
+    def valid(self, task: Task) -> bool:
+        """Reject updates with NaN/inf or an L2 norm above ``faults.max_update_norm`` (and count them); the
+        check itself runs on the whole trained batch (:meth:`_delta`)."""
+        if task.check == 1:
             self.c.rejected_nonfinite += 1
-            return False
-        if float(delta.norm()) > self.cfg.faults.max_update_norm:
+        elif task.check == 2:
             self.c.rejected_norm += 1
-            return False
-        return True
+        return task.check == 0
 
     # ------------------------------------------------------------------ server model
     def step(self, x_new: torch.Tensor) -> None:
@@ -318,7 +338,7 @@ class Simulator:
                 self._release(payload, payload.compute)
                 self.c.client_updates += 1
                 self.c.bytes_up += self.upload_bytes
-                if self.valid(delta):
+                if self.valid(payload):
                     server.on_update(self, payload, delta)
                 else:
                     self.c.compute_wasted += payload.compute
@@ -340,10 +360,13 @@ class Simulator:
     def state_dict(self, server: Server) -> dict[str, Any]:
         """Everything the rest of the simulation depends on (tasks keep their identity across heap/in_flight)."""
         return {**{k: getattr(self, k) for k in self._STATE},
-                "select_rng": self._select_rng.bit_generator.state, "server": vars(server)}
+                "select_rng": self._select_rng.bit_generator.state, "server": vars(server),
+                "checkins": self._stream.state() if self._stream is not None else None}
 
     def load_state_dict(self, state: dict[str, Any], server: Server) -> None:
         for k in self._STATE:
             setattr(self, k, state[k])
         self._select_rng.bit_generator.state = state["select_rng"]
+        if self._stream is not None:
+            self._stream.load(state["checkins"])
         vars(server).update(state["server"])

@@ -1,0 +1,81 @@
+"""Local SGD of many clients' ReLU MLPs at once, with the backward pass written out as batched matmuls.
+
+``torch.func.vmap(grad(...))`` is general but pays per-op dispatch for every layer and client batch; for the
+MLP (``Flatten → (Linear → ReLU)* → Linear``, :class:`runner.federated.models.MLP`) the gradients of the mean
+cross-entropy have a closed form, so one client step of ``m`` clients is a handful of ``torch.baddbmm`` /
+``torch.bmm`` calls on per-client weight stacks [m, out, in]. Clients are ordered by their number of steps
+(longest first), so at step s only the prefix of clients that still have a step s is computed: uneven shards
+cost no padded work. The update equals :meth:`LocalTrainer.train_one` (plain ``torch.optim.SGD``) on the same plan.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+
+class MLPKernel:
+    """Batched local SGD for an MLP whose parameters are laid out as in ``ParamSpace`` (weight [out, in], bias)."""
+
+    def __init__(self, model: nn.Module):
+        self.layers = [m for m in model.modules() if isinstance(m, nn.Linear)]
+        self.shapes = [(lin.out_features, lin.in_features) for lin in self.layers]
+
+    @staticmethod
+    def supports(model: nn.Module) -> bool:
+        """True for ``Sequential(Flatten, (Linear, ReLU)*, Linear)`` (possibly wrapped as ``.net``)."""
+        net = getattr(model, "net", model)
+        if not isinstance(net, nn.Sequential) or len(net) < 2 or not isinstance(net[0], nn.Flatten):
+            return False
+        body = list(net)[1:]
+        kinds = [type(m) for m in body]
+        want = [nn.Linear, nn.ReLU] * (len(body) // 2) + [nn.Linear]
+        return kinds == want and len(list(model.parameters())) == 2 * len(want[::2])
+
+    def train(self, x0s: torch.Tensor, xs: torch.Tensor, ys: torch.Tensor, idx: torch.Tensor, mask: torch.Tensor,
+              steps: np.ndarray, lr: float) -> torch.Tensor:
+        """Δ of n clients: start parameters x0s [n, P]; step s of client i uses rows ``idx[i, s]`` of the
+        example pool (xs, ys) where ``mask[i, s]`` is 1, for ``steps[i]`` steps; mean cross-entropy per step."""
+        n = x0s.shape[0]
+        steps = np.asarray(steps)
+        order = np.argsort(-steps, kind="stable")
+        # active[s]: clients with more than s steps, a prefix of `order`
+        active = (steps[:, None] > np.arange(int(steps.max(initial=0)))[None]).sum(0)
+        o = torch.from_numpy(order)
+        x = x0s[o]
+        wts, bs, off = [], [], 0  # per-client weights transposed, [n, in, out], and biases [n, out]
+        for out_f, in_f in self.shapes:
+            wts.append(x[:, off:off + out_f * in_f].reshape(n, out_f, in_f).transpose(1, 2).contiguous())
+            off += out_f * in_f
+            bs.append(x[:, off:off + out_f].clone())
+            off += out_f
+        idx, mask = idx[o], mask[o]
+        xs = xs.reshape(xs.shape[0], -1)
+        last = len(wts) - 1
+        for s, m in enumerate(active.tolist()):
+            ix, mb = idx[:m, s], mask[:m, s]  # [m, width]
+            acts = [xs.index_select(0, ix.reshape(-1)).view(m, ix.shape[1], -1)]  # [m, width, in]
+            for li in range(len(wts)):
+                z = torch.baddbmm(bs[li][:m, None, :], acts[-1], wts[li][:m])
+                acts.append(z if li == last else z.clamp_min_(0.0))
+            z = acts[-1]  # logits → d(mean CE)/dz = (softmax(z) - onehot(y)) · mask / count
+            dz = (z - z.amax(-1, keepdim=True)).exp_()
+            dz.div_(dz.sum(-1, keepdim=True))
+            dz.scatter_add_(-1, ys.index_select(0, ix.reshape(-1)).view(m, -1, 1), -torch.ones_like(mb).unsqueeze(-1))
+            dz.mul_((mb / mb.sum(1, keepdim=True).clamp_min(1.0)).unsqueeze(-1))
+            for li in range(last, -1, -1):
+                a_in = acts[li]
+                gw = torch.bmm(a_in.transpose(1, 2), dz)  # [m, in, out]
+                gb = dz.sum(1)
+                if li > 0:
+                    dz = torch.bmm(dz, wts[li][:m].transpose(1, 2)).mul_(a_in > 0)
+                wts[li][:m].sub_(gw, alpha=lr)
+                bs[li][:m].sub_(gb, alpha=lr)
+        out, off = torch.empty_like(x0s), 0
+        for wt, b in zip(wts, bs):
+            k = wt.shape[1] * wt.shape[2]
+            out[o, off:off + k] = wt.transpose(1, 2).reshape(n, k)
+            out[o, off + k:off + k + b.shape[1]] = b
+            off += k + b.shape[1]
+        return out.sub_(x0s)

@@ -1,100 +1,218 @@
-"""Federated simulator throughput and memory.
+"""Federated simulator throughput and memory, on Flower's digits workload, as ratios from one run.
 
-1. Client updates per second for the digits MLP with ``--clients`` concurrent clients: vectorised
-   (``torch.func.vmap`` over stacked parameters) vs one by one (``nn.Module`` + ``torch.optim.SGD``),
-   both from the same plans; the ratio is the speed-up from vectorising (target >= 10x at 100 clients).
-2. Peak memory (process max RSS) of an event-driven FedBuff simulation over a 10^8-client population
-   at concurrency 1000 (target < 2 GB): no per-client state, profiles and shards derived on demand.
+Workload (Flower's simulation example): scikit-learn digits, MLP 64-64-10, 1 local epoch, batch 10, on a
+10^8-client virtual population (Dirichlet(0.3) label skew, shards of median 32 examples).
 
-    .venv/bin/python benchmarks/fl_throughput.py [--clients 100] [--updates 5000]
+1. ``sequential_updates_per_s``: a plain sequential PyTorch loop (one ``nn.Module``, ``torch.optim.SGD``,
+   client after client) over pre-derived client plans — training only.
+2. ``kernel_updates_per_s``: the same clients in one vectorised call of the simulator's trainer.
+3. ``end_to_end_updates_per_s``: a whole FedBuff simulation (concurrency ``--concurrency``, K = C/10,
+   every server model evaluated) at population 10^8: check-ins, profiles, shards, plans, the clock, training,
+   validation, aggregation; ``end_to_end_over_sequential`` is its ratio to (1). ``peak_rss_mb``: the process's
+   peak RSS after it.
+4. With ``--ray``: the same clients trained by 1, 2 and 4 local Ray actors (scaling ratios, utilisation).
+5. If ``flwr`` is installed: Flower's simulation on the same workload (its updates/s and our ratio to it).
+
+    OMP_NUM_THREADS=1 nice python benchmarks/fl_throughput.py [--json] [--ray] [--updates 30000]
 """
 
 from __future__ import annotations
 
 import argparse
+import json
+import os
 import resource
 import time
+from typing import Any
 
+import numpy as np
 import torch
 from omegaconf import OmegaConf
 
 from runner.data.federated import FederatedDatasetConfig
 from runner.federated.aggregators import make_server
-from runner.federated.backends import LocalBackend, TrainerSpec, build_trainer
+from runner.federated.backends import LocalBackend, TrainerSpec, TrainJob, build_trainer
+from runner.federated.client import LocalTrainer
 from runner.federated.config import ClientConfig, ServerConfig, SimulationConfig
 from runner.federated.models import FLModelConfig
 from runner.federated.population import Population
 from runner.federated.simulator import Simulator
 
+POPULATION = 10**8
 
-def _spec(num_clients: int) -> TrainerSpec:
+
+def workload_spec(population: int = POPULATION, max_batch: int = 1024) -> TrainerSpec:
+    """Flower's digits workload: MLP 64-64-10, 1 local epoch, batch 10, lr 0.1; vectorised shards (sampler=hash)."""
     plain = OmegaConf.to_container
-    return TrainerSpec(plain(OmegaConf.structured(FederatedDatasetConfig(num_clients=num_clients))),
-                       plain(OmegaConf.structured(FLModelConfig())), plain(OmegaConf.structured(ClientConfig())), 0)
+    data = FederatedDatasetConfig(num_clients=population, sampler="hash")
+    client = ClientConfig(local_epochs=1, batch_size=10, lr=0.1, max_batch=max_batch)
+    return TrainerSpec(plain(OmegaConf.structured(data)), plain(OmegaConf.structured(FLModelConfig(hidden=[64]))),
+                       plain(OmegaConf.structured(client)), 0)
 
 
-def _best_of(fn, repeats: int) -> float:
-    best = float("inf")
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        fn()
-        best = min(best, time.perf_counter() - t0)
-    return best
+def sequential_loop(trainer: LocalTrainer, clients: int) -> float:
+    """Updates/s of a plain PyTorch loop: per client, load the global model, SGD over its minibatches, Δ."""
+    model = trainer.model
+    x0 = trainer.space.flatten(model)
+    bp = trainer.plan_many(np.arange(clients) + 10**7, np.arange(clients))
+    plans = bp.plans(trainer.data.x, trainer.data.y)
+    opt = torch.optim.SGD(model.parameters(), lr=trainer.lr)
+    t0 = time.perf_counter()
+    for p in plans:
+        torch.nn.utils.vector_to_parameters(x0, model.parameters())
+        for idx, mask in zip(p.idx, p.mask):
+            rows = idx[mask.bool()]
+            loss = torch.nn.functional.cross_entropy(model(p.x[rows]), p.y[rows])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+        _ = torch.nn.utils.parameters_to_vector(model.parameters()) - x0
+    dt = time.perf_counter() - t0
+    torch.nn.utils.vector_to_parameters(x0, model.parameters())
+    return clients / dt
 
 
-def vectorised_vs_sequential(clients: int, repeats: int = 3) -> dict[str, float]:
-    trainer = build_trainer(_spec(10_000))
+def kernel_rate(trainer: LocalTrainer, clients: int) -> float:
+    """Updates/s of one vectorised call (plans derived inside), as the simulator's backend makes it."""
     x0 = trainer.space.flatten(trainer.model)
-    plans = [trainer.plan(c, c) for c in range(clients)]
+    cids = np.arange(clients) + 2 * 10**7
     starts = torch.stack([x0] * clients)
-    trainer.train_many(starts[:2], plans[:2])  # warm up
-    t_vec = _best_of(lambda: trainer.train_many(starts, plans), repeats)
-    t_seq = _best_of(lambda: [trainer.train_one(x0, p) for p in plans], repeats)
-    t_plan = _best_of(lambda: [trainer.plan(c, c) for c in range(clients)], repeats)
-    return {"vectorised_updates_per_s": clients / t_vec, "sequential_updates_per_s": clients / t_seq,
-            "speedup": t_seq / t_vec, "plan_updates_per_s": clients / t_plan}
+    trainer.train_clients(starts[:8], cids[:8], cids[:8])  # warm up
+    t0 = time.perf_counter()
+    trainer.train_clients(starts, cids, cids)
+    return clients / (time.perf_counter() - t0)
 
 
-def peak_memory_simulation(population: int, concurrency: int, updates: int) -> dict[str, float]:
-    rss0 = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    trainer = build_trainer(_spec(population))
+def end_to_end(trainer: LocalTrainer, concurrency: int, updates: int) -> dict[str, Any]:
+    """A whole FedBuff simulation over the 10^8-client population; updates/s of wall time."""
     x0 = trainer.space.flatten(trainer.model)
     xt, yt = trainer.data.test_set()
     cfg = OmegaConf.merge(OmegaConf.structured(SimulationConfig),
-                          {"concurrency": concurrency, "max_client_updates": updates})
-    sim = Simulator(x0, trainer, LocalBackend(trainer, 256), Population(population, cfg.clock, 0), cfg, 0,
+                          {"concurrency": concurrency, "max_client_updates": updates, "checkpoint_every": 0,
+                           "client": OmegaConf.to_container(trainer.cfg)})
+    population = Population(trainer.data.num_clients, cfg.clock, 0, hashed=True)
+    sim = Simulator(x0, trainer, LocalBackend(trainer, trainer.cfg.max_batch), population, cfg, 0,
                     lambda x: trainer.evaluate(x, xt, yt))
-    server = make_server(OmegaConf.merge(OmegaConf.structured(ServerConfig), {"buffer_size": 100}), x0)
-    t0 = time.perf_counter()
+    server = make_server(OmegaConf.merge(OmegaConf.structured(ServerConfig),
+                                         {"buffer_size": max(1, concurrency // 10)}), x0)
+    cpu0, t0 = time.process_time(), time.perf_counter()
     res = sim.run(server)
-    wall = time.perf_counter() - t0
-    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"population": population, "concurrency": concurrency, "client_updates": res.counters.client_updates,
-            "updates_per_s": res.counters.client_updates / wall, "final_accuracy": res.history[-1].accuracy,
-            "peak_rss_mb": rss, "rss_before_mb": rss0}
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
+    n = res.counters.client_updates
+    return {"end_to_end_updates_per_s": n / wall, "end_to_end_updates_per_cpu_s": n / cpu,
+            "client_updates": n, "server_steps": res.counters.server_steps,
+            "final_accuracy": res.history[-1].accuracy, "population": trainer.data.num_clients,
+            "concurrency": concurrency}
+
+
+def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2, 4),
+                per_task: int = 64) -> dict[str, Any]:
+    """Updates/s of the Ray backend with 1, 2, 4 local actors on one batch of ``clients``; utilisation."""
+    import ray
+
+    from runner.federated.backends import RayBackend
+
+    trainer = build_trainer(spec)
+    x0 = trainer.space.flatten(trainer.model)
+    jobs = [TrainJob(c, c, x0) for c in range(3 * 10**7, 3 * 10**7 + clients)]
+    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
+    out: dict[str, Any] = {}
+    try:
+        for w in workers:
+            backend = RayBackend(spec, per_task, w)
+            backend.train(jobs[: per_task * w])  # actors built and warm
+            backend.reset_stats()
+            t0 = time.perf_counter()
+            backend.train(jobs)
+            dt = time.perf_counter() - t0
+            out[str(w)] = {"updates_per_s": clients / dt, "utilisation": backend.utilisation()}
+            backend.close()
+    finally:
+        ray.shutdown()
+    base = out[str(workers[0])]["updates_per_s"]
+    for w in workers:
+        out[str(w)]["speedup"] = out[str(w)]["updates_per_s"] / base
+    return out
+
+
+def flower_rate(spec: TrainerSpec, rounds: int = 3, per_round: int = 50) -> float | None:
+    """Flower's simulation (``flwr.simulation.start_simulation``) on the same clients and plans, if installed."""
+    try:
+        import flwr as fl
+    except ImportError:
+        return None
+    trainer = build_trainer(spec)
+
+    class Client(fl.client.NumPyClient):
+        def __init__(self, cid: int):
+            self.cid = cid
+
+        def fit(self, parameters, config):  # noqa: ANN001
+            x0 = torch.from_numpy(np.concatenate([p.ravel() for p in parameters])).float()
+            delta = trainer.train_one(x0, trainer.plan(self.cid, 0))
+            return [(x0 + delta).numpy()], 1, {}
+
+    x0 = trainer.space.flatten(trainer.model).numpy()
+    strategy = fl.server.strategy.FedAvg(fraction_fit=1.0, min_fit_clients=per_round,
+                                         min_available_clients=per_round, fraction_evaluate=0.0,
+                                         initial_parameters=fl.common.ndarrays_to_parameters([x0]))
+    t0 = time.perf_counter()
+    fl.simulation.start_simulation(client_fn=lambda cid: Client(int(cid)).to_client(), num_clients=per_round,
+                                   config=fl.server.ServerConfig(num_rounds=rounds), strategy=strategy,
+                                   client_resources={"num_cpus": 1})
+    return rounds * per_round / (time.perf_counter() - t0)
 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", type=int, default=100)
-    ap.add_argument("--population", type=int, default=10**8)
+    ap.add_argument("--population", type=int, default=POPULATION)
     ap.add_argument("--concurrency", type=int, default=1000)
-    ap.add_argument("--updates", type=int, default=5000)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--updates", type=int, default=30_000)
+    ap.add_argument("--sequential-clients", type=int, default=1000)
+    ap.add_argument("--kernel-clients", type=int, default=1000)
+    ap.add_argument("--ray", action="store_true", help="also measure 1/2/4 local Ray actors")
+    ap.add_argument("--ray-clients", type=int, default=4096)
+    ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
-    torch.set_num_threads(args.threads)
-    v = vectorised_vs_sequential(args.clients)
-    print(f"digits MLP, {args.clients} clients x 5 local steps (batch 16):")
-    print(f"  one by one : {v['sequential_updates_per_s']:9.1f} client updates/s")
-    print(f"  vectorised : {v['vectorised_updates_per_s']:9.1f} client updates/s")
-    print(f"  speed-up   : {v['speedup']:9.1f}x  (target >= 10x)")
-    print(f"  (shard + plan derivation alone: {v['plan_updates_per_s']:.0f} clients/s)")
-    m = peak_memory_simulation(args.population, args.concurrency, args.updates)
-    print(f"FedBuff simulation, population {m['population']:,}, concurrency {m['concurrency']}, "
-          f"{m['client_updates']} client updates:")
-    print(f"  {m['updates_per_s']:.0f} simulated client updates/s end to end, final accuracy {m['final_accuracy']:.3f}")
-    print(f"  peak RSS {m['peak_rss_mb']:.0f} MB (process before the simulation: {m['rss_before_mb']:.0f} MB; "
-          f"target < 2048 MB)")
+    torch.set_num_threads(1)
+    spec = workload_spec(args.population)
+    trainer = build_trainer(spec)
+    out: dict[str, Any] = {"workload": "digits MLP 64-64-10, 1 local epoch, batch 10", "threads": 1,
+                           "load_average_1min_before": os.getloadavg()[0]}
+    out["sequential_updates_per_s"] = sequential_loop(trainer, args.sequential_clients)
+    out["kernel_updates_per_s"] = kernel_rate(trainer, args.kernel_clients)
+    out.update(end_to_end(trainer, args.concurrency, args.updates))
+    out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    out["sequential_after_updates_per_s"] = sequential_loop(trainer, args.sequential_clients)
+    seq = (out["sequential_updates_per_s"] + out["sequential_after_updates_per_s"]) / 2
+    out["end_to_end_over_sequential"] = out["end_to_end_updates_per_s"] / seq
+    out["kernel_over_sequential"] = out["kernel_updates_per_s"] / seq
+    out["load_average_1min_after"] = os.getloadavg()[0]
+    if args.ray:
+        out["ray"] = ray_scaling(spec, args.ray_clients)
+    flower = flower_rate(spec)
+    if flower is not None:
+        out["flower_updates_per_s"] = flower
+        out["end_to_end_over_flower"] = out["end_to_end_updates_per_s"] / flower
+    if args.json:
+        print(json.dumps(out))
+        return
+    print(f"{out['workload']}; one thread; load average {out['load_average_1min_before']:.2f} → "
+          f"{out['load_average_1min_after']:.2f}")
+    print(f"  plain sequential PyTorch loop : {seq:9.0f} client updates/s")
+    print(f"  vectorised kernel (one call)  : {out['kernel_updates_per_s']:9.0f} client updates/s "
+          f"({out['kernel_over_sequential']:.1f}x)")
+    print(f"  FedBuff simulation end to end : {out['end_to_end_updates_per_s']:9.0f} client updates/s "
+          f"({out['end_to_end_over_sequential']:.1f}x; population {out['population']:,}, concurrency "
+          f"{out['concurrency']}, {out['client_updates']} updates, final accuracy {out['final_accuracy']:.3f})")
+    print(f"  peak RSS {out['peak_rss_mb']:.0f} MB (target < 2000 MB)")
+    if "ray" in out:
+        for w, r in out["ray"].items():
+            print(f"  Ray, {w} local actor(s): {r['updates_per_s']:.0f} updates/s, {r['speedup']:.2f}x, "
+                  f"utilisation {r['utilisation']:.0%}")
+    if flower is not None:
+        print(f"  Flower simulation: {flower:.0f} updates/s; end to end / Flower = "
+              f"{out['end_to_end_over_flower']:.0f}x")
 
 
 if __name__ == "__main__":

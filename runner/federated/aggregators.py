@@ -19,9 +19,11 @@ over the fixed denominator (DP-FedAvg / DP-FedBuff); without ``agg`` the modes c
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 from typing import Any
 
 import torch
+from omegaconf import DictConfig, OmegaConf
 
 from runner.federated.simulator import Simulator, Task
 
@@ -206,7 +208,7 @@ class FedBuffServer(_AsyncServer):
                     sim.step(self.opt.step(sim.x, delta_bar))
             return
         w = float(task.examples) if self.cfg.weighting == "examples" else 1.0
-        self.buffer += w * self.s(tau) * delta
+        self.buffer.add_(delta, alpha=w * self.s(tau))
         self.weight += w
         self.count += 1
         if self.count == self.cfg.buffer_size:
@@ -215,8 +217,16 @@ class FedBuffServer(_AsyncServer):
             self.weight, self.count = 0.0, 0
 
 
+def plain(cfg: Any) -> Any:
+    """A config as a namespace of plain values (a server reads it on every report; OmegaConf access is slow)."""
+    if isinstance(cfg, DictConfig):
+        return SimpleNamespace(**OmegaConf.to_container(cfg, resolve=True))
+    return cfg
+
+
 def make_server(cfg: Any, x0: torch.Tensor, agg: Any = None) -> FedAvgServer | FedAsyncServer | FedBuffServer:
     """The server mode ``cfg.mode`` names (a :class:`ServerConfig`); ``agg``: its private aggregation, if any."""
+    cfg = plain(cfg)
     if cfg.mode == "fedavg":
         return FedAvgServer(cfg, x0, agg)
     if cfg.mode == "fedasync":

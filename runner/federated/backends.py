@@ -1,7 +1,7 @@
 """Execution backends for client training: this process (``local``) or a Ray cluster (``ray``, the ``dist`` extra).
 
 Both cut the jobs into the same chunks of ``clients_per_task`` clients and run the same
-:meth:`LocalTrainer.train` on each chunk, so one seed gives the same updates on either backend. A Ray
+:meth:`LocalTrainer.train_clients` on each chunk, so one seed gives the same updates on either backend. A Ray
 worker rebuilds the dataset, model and trainer from a picklable :class:`TrainerSpec` once, and then
 derives each client's shard and minibatches from ``(seed, client id, draw)``; only the start parameters
 travel with a job.
@@ -9,6 +9,8 @@ travel with a job.
 
 from __future__ import annotations
 
+import time
+from collections import deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -60,9 +62,9 @@ def _vocab(dataset: dict[str, Any]) -> int | None:
 
 
 def run_chunk(trainer: LocalTrainer, jobs: Sequence[TrainJob]) -> torch.Tensor:
-    """Δ of one chunk of jobs, stacked [len(jobs), P]."""
-    plans = [j.plan if j.plan is not None else trainer.plan(j.cid, j.draw) for j in jobs]
-    return trainer.train(torch.stack([j.x0 for j in jobs]), plans)
+    """Δ of one chunk of jobs, stacked [len(jobs), P] (plans the jobs lack are derived, a batch at a time)."""
+    return trainer.train_clients(torch.stack([j.x0 for j in jobs]), [j.cid for j in jobs], [j.draw for j in jobs],
+                                 [j.plan for j in jobs])
 
 
 def chunks(jobs: Sequence[TrainJob], size: int) -> list[Sequence[TrainJob]]:
@@ -89,11 +91,18 @@ class LocalBackend:
 
 
 class RayBackend:
-    """Client training on Ray actors, one trainer per actor; chunks are spread round-robin."""
+    """Client training on Ray actors, one trainer per actor, every actor kept busy.
 
-    def __init__(self, spec: TrainerSpec, clients_per_task: int, num_workers: int, address: str | None = None):
+    Chunks are submitted asynchronously with at most ``in_flight`` tasks queued per actor; as each finishes
+    (``ray.wait``) its actor gets the next chunk, so fast and slow chunks balance out. Each actor reports its
+    busy seconds, and :meth:`utilisation` is busy time / (actors × wall time of :meth:`train`).
+    ``address`` joins an existing cluster (``ray start --head`` elsewhere); null starts a local Ray.
+    """
+
+    def __init__(self, spec: TrainerSpec, clients_per_task: int, num_workers: int, address: str | None = None,
+                 in_flight: int = 2):
         ray = require("ray", "dist", "the ray federated backend")
-        self.ray, self.size = ray, clients_per_task
+        self.ray, self.size, self.in_flight = ray, clients_per_task, max(1, in_flight)
         if not ray.is_initialized():
             kw: dict[str, Any] = {"address": address} if address else {"num_cpus": num_workers}
             ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=False, **kw)
@@ -102,12 +111,45 @@ class RayBackend:
             self._owns_ray = False
         actor = ray.remote(num_cpus=1)(_TrainerActor)
         self.actors = [actor.remote(spec) for _ in range(num_workers)]
+        self.reset_stats()
+
+    def reset_stats(self) -> None:
+        self.busy = [0.0] * len(self.actors)
+        self.wall = 0.0
+        self.tasks = [0] * len(self.actors)
+
+    def utilisation(self) -> float:
+        """Fraction of the actors' time spent training during :meth:`train` calls since :meth:`reset_stats`."""
+        return sum(self.busy) / (len(self.actors) * self.wall) if self.wall > 0 else 0.0
 
     def train(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
-        stripped = [TrainJob(j.cid, j.draw, j.x0) for j in jobs]
-        futures = [self.actors[i % len(self.actors)].train.remote(c)
-                   for i, c in enumerate(chunks(stripped, self.size))]
-        return torch.cat(self.ray.get(futures))
+        todo = deque(enumerate(chunks([TrainJob(j.cid, j.draw, j.x0) for j in jobs], self.size)))
+        results: list[torch.Tensor | None] = [None] * len(todo)
+        pending: dict[Any, tuple[int, int]] = {}  # object ref -> (chunk, actor)
+        queued = [0] * len(self.actors)
+        t0 = time.perf_counter()
+
+        def submit(a: int) -> None:
+            i, chunk = todo.popleft()
+            pending[self.actors[a].train.remote(chunk)] = (i, a)
+            queued[a] += 1
+
+        for _ in range(self.in_flight):
+            for a in range(len(self.actors)):
+                if todo:
+                    submit(a)
+        while pending:
+            done, _ = self.ray.wait(list(pending), num_returns=1)
+            for ref in done:
+                i, a = pending.pop(ref)
+                results[i], busy = self.ray.get(ref)
+                self.busy[a] += busy
+                self.tasks[a] += 1
+                queued[a] -= 1
+                while todo and queued[a] < self.in_flight:
+                    submit(a)
+        self.wall += time.perf_counter() - t0
+        return torch.cat(results)
 
     def close(self) -> None:
         for a in self.actors:
@@ -122,8 +164,11 @@ class _TrainerActor:
         torch.set_num_threads(spec.threads)
         self.trainer = build_trainer(spec)
 
-    def train(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
-        return run_chunk(self.trainer, jobs)
+    def train(self, jobs: Sequence[TrainJob]) -> tuple[torch.Tensor, float]:
+        """Δ of one chunk and the seconds spent on it."""
+        t0 = time.perf_counter()
+        out = run_chunk(self.trainer, jobs)
+        return out, time.perf_counter() - t0
 
 
 def make_backend(cfg: Any, trainer: LocalTrainer, spec: TrainerSpec) -> Backend:

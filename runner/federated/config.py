@@ -226,6 +226,11 @@ def check_simulation(cfg: DictConfig) -> None:
         raise ConfigError(f"algorithm.backend.name='{a.backend.name}' must be local or ray")
     if a.backend.clients_per_task < 1 or a.backend.num_workers < 1:
         raise ConfigError("algorithm.backend.clients_per_task and num_workers must be >= 1")
+    b = a.backend
+    if b.name == "ray" and c.max_batch < b.clients_per_task * b.num_workers:
+        raise ConfigError(f"algorithm.client.max_batch={c.max_batch} must be >= backend.clients_per_task × "
+                          f"num_workers = {b.clients_per_task * b.num_workers} with the ray backend (the clients "
+                          "trained together are cut into tasks of clients_per_task; fewer tasks than actors idle them)")
     d = a.dp
     if d.clip_norm <= 0 or (d.noise_multiplier is not None and d.noise_multiplier <= 0):
         raise ConfigError("algorithm.dp: clip_norm must be > 0 and noise_multiplier > 0 or null")

@@ -57,7 +57,7 @@ class MLPKernel:
             ix, mb = idx[:m, s], mask[:m, s]  # [m, width]
             acts = [xs.index_select(0, ix.reshape(-1)).view(m, ix.shape[1], -1)]  # [m, width, in]
             for li in range(len(wts)):
-                z = torch.baddbmm(bs[li][:m, None, :], acts[-1], wts[li][:m])
+                z = torch.bmm(acts[-1], wts[li][:m]).add_(bs[li][:m, None, :])
                 acts.append(z if li == last else z.clamp_min_(0.0))
             z = acts[-1]  # logits → d(mean CE)/dz = (softmax(z) - onehot(y)) · mask / count
             dz = (z - z.amax(-1, keepdim=True)).exp_()

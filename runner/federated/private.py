@@ -363,6 +363,11 @@ def preflight(cfg: Any, runs: list[tuple[str, Any, int]], epsilons: list[float |
     from omegaconf import OmegaConf
 
     population = cfg.dataset.get("num_clients")
+    delta = cfg.privacy.get("delta")
+    if population and delta is not None and any(e is not None for e in epsilons) and delta >= 1.0 / population:
+        raise ConfigError(f"privacy.delta={delta:g} must be < 1/N = {1.0 / population:.3g} for a population of "
+                          f"N={int(population):,} clients (δ >= 1/N lets the mechanism expose some user outright); "
+                          f"set privacy.delta={10 ** math.floor(math.log10(0.1 / population)):.0e} or smaller")
     for key, server, concurrency in runs:
         sim_cfg = OmegaConf.merge(cfg.algorithm, {"concurrency": concurrency})
         for eps in epsilons:

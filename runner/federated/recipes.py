@@ -63,6 +63,7 @@ class PapayaConfig(SimulationConfig):
     concurrency_levels: list[int] = field(default_factory=lambda: [10, 100, 1000])
     buffer_fraction: float = 0.1
     buffer_sizes: list[int] = field(default_factory=list)  # explicit K per level; empty: the buffer_fraction rule
+    straggler_sigmas: list[float] = field(default_factory=list)  # clock.speed_sigma values of the speedup-vs-σ sweep
     sync_server: ServerConfig = field(default_factory=lambda: ServerConfig(mode="fedavg", optimizer="momentum"))
     async_server: ServerConfig = field(default_factory=ServerConfig)
 
@@ -74,6 +75,8 @@ class PapayaConfig(SimulationConfig):
             raise ConfigError(f"algorithm.concurrency_levels={list(a.concurrency_levels)} must be positive integers")
         if not 0 < a.buffer_fraction <= 1:
             raise ConfigError(f"algorithm.buffer_fraction={a.buffer_fraction} must be in (0, 1]")
+        if any(not sg >= 0 for sg in a.straggler_sigmas):
+            raise ConfigError(f"algorithm.straggler_sigmas={list(a.straggler_sigmas)} must be >= 0")
         if a.buffer_sizes and len(a.buffer_sizes) != len(a.concurrency_levels):
             raise ConfigError(f"algorithm.buffer_sizes={list(a.buffer_sizes)} must have one entry per "
                               "concurrency level")
@@ -143,7 +146,10 @@ class Experiment:
         agg = make_aggregation(server_cfg, sim_cfg, self.cfg.privacy, epsilon, self.population.size, concurrency,
                                int(self.x0.numel()), self.ctx.seed, key=stage,
                                codec_name=None if codec is None else type(codec).__name__)
-        sim = Simulator(self.x0, self.trainer, self.backend, self.population, sim_cfg, self.ctx.seed, self.evaluate,
+        population = self.population  # the same devices; a clock override re-derives their profiles
+        if "clock" in overrides:
+            population = Population(population.size, sim_cfg.clock, self.ctx.seed, hashed=population.hashed)
+        sim = Simulator(self.x0, self.trainer, self.backend, population, sim_cfg, self.ctx.seed, self.evaluate,
                         log=lambda m, step: self.ctx.log(m, step, stage))
         # SecAgg's key material is not serialised: such a stage checkpoints only when it is finished
         secure = server_cfg.secagg != "none"
@@ -260,36 +266,64 @@ def _ratio(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
 
 
+def _sync_vs_async(exp: Experiment, cfg: DictConfig, c: int, k: int, suffix: str = "",
+                   **overrides: Any) -> dict[str, Any]:
+    """Sync and async at concurrency ``c`` (FedBuff's K = ``k``): their results, speedup and communication ratio."""
+    a = cfg.algorithm
+    sync = exp.simulate(f"sync_c{c}{suffix}", a.sync_server, c, cfg.privacy.epsilon, **overrides)
+    asyn = exp.simulate(f"async_c{c}{suffix}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c,
+                        cfg.privacy.epsilon, **overrides)
+    return {"sync": sync, "async": {**asyn, "buffer_size": k},
+            "speedup": _ratio(sync["time_to_target"], asyn["time_to_target"]),
+            "communication_ratio": _ratio(sync["bytes_to_target"], asyn["bytes_to_target"])}
+
+
 def run_papaya(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
-    """Sync (FedAvgM, over-selection) vs async (FedBuff) at each concurrency; speedup and communication ratio."""
+    """Sync (FedAvgM, over-selection) vs async (FedBuff) at each concurrency; speedup and communication ratio;
+    with ``straggler_sigmas``, the speedup at each concurrency against the device-speed σ."""
     a = cfg.algorithm
     exp = Experiment(cfg, ctx)
-    by_c: dict[str, dict[str, Any]] = {}
-    curves: dict[str, Any] = {}
+    levels = list(zip(a.concurrency_levels, papaya_buffer_sizes(a)))
+    by_sigma: dict[str, dict[str, dict[str, Any]]] = {}
     try:
-        for c, k in zip(a.concurrency_levels, papaya_buffer_sizes(a)):
-            sync = exp.simulate(f"sync_c{c}", a.sync_server, c, cfg.privacy.epsilon)
-            asyn = exp.simulate(f"async_c{c}", OmegaConf.merge(a.async_server, {"buffer_size": k}), c,
-                                cfg.privacy.epsilon)
-            curves[f"sync C={c}"], curves[f"async C={c}"] = sync["history"], asyn["history"]
-            by_c[str(c)] = {"sync": _without_history(sync), "async": {**_without_history(asyn), "buffer_size": k},
-                            "speedup": _ratio(sync["time_to_target"], asyn["time_to_target"]),
-                            "communication_ratio": _ratio(sync["bytes_to_target"], asyn["bytes_to_target"])}
+        runs = {c: _sync_vs_async(exp, cfg, c, k) for c, k in levels}
+        for sigma in a.straggler_sigmas:
+            by_sigma[f"{sigma:g}"] = {str(c): (runs[c] if sigma == a.clock.speed_sigma else
+                                               _sync_vs_async(exp, cfg, c, k, f"_sigma{sigma:g}",
+                                                              clock={"speed_sigma": sigma}))
+                                      for c, k in levels}
     finally:
         exp.close()
+    curves = {f"{mode} C={c}": r[mode]["history"] for c, r in runs.items() for mode in ("sync", "async")}
+    by_c = {str(c): {"sync": _without_history(r["sync"]), "async": _without_history(r["async"]),
+                     "speedup": r["speedup"], "communication_ratio": r["communication_ratio"]} for c, r in runs.items()}
     ctx.write_json("curves.json", curves)
     series = {k: ([p["time"] for p in h], [p["accuracy"] for p in h]) for k, h in curves.items()}
     ctx.plot("accuracy_vs_time", series, "simulated time (s)", "test accuracy",
              title=f"sync vs async, {exp.population.size:,} clients")
     series = {k: ([p["bytes"] for p in h], [p["accuracy"] for p in h]) for k, h in curves.items()}
     ctx.plot("accuracy_vs_bytes", series, "bytes communicated", "test accuracy")
-    levels = [c for c in a.concurrency_levels if by_c[str(c)]["speedup"] is not None]
-    if levels:
+    reached = [c for c in a.concurrency_levels if by_c[str(c)]["speedup"] is not None]
+    if reached:
         ctx.plot("ratios_vs_concurrency",
-                 {"speedup (sync time / async time)": (levels, [by_c[str(c)]["speedup"] for c in levels]),
+                 {"speedup (sync time / async time)": (reached, [by_c[str(c)]["speedup"] for c in reached]),
                   "communication (sync bytes / async bytes)":
-                      (levels, [by_c[str(c)]["communication_ratio"] for c in levels])},
+                      (reached, [by_c[str(c)]["communication_ratio"] for c in reached])},
                  "concurrency", "sync / async to target")
     out = {"target_accuracy": a.target_accuracy, "population": exp.population.size,
            "num_parameters": int(exp.x0.numel()), "by_concurrency": by_c}
+    if by_sigma:
+        out["by_straggler_sigma"] = {sg: {c: {"speedup": r["speedup"], "communication_ratio": r["communication_ratio"],
+                                              "sync_time_to_target": r["sync"]["time_to_target"],
+                                              "async_time_to_target": r["async"]["time_to_target"]}
+                                          for c, r in per_c.items()} for sg, per_c in by_sigma.items()}
+        series = {}
+        for c, _ in levels:
+            pts = [(float(sg), per_c[str(c)]["speedup"]) for sg, per_c in by_sigma.items()
+                   if per_c[str(c)]["speedup"] is not None]
+            if pts:
+                series[f"C={c}"] = ([x for x, _ in pts], [y for _, y in pts])
+        if series:
+            ctx.plot("speedup_vs_straggler_sigma", series, "device speed lognormal σ (clock.speed_sigma)",
+                     "speedup (sync time / async time to target)", title="async speedup against stragglers")
     return with_privacy(out, cfg, [r for level in by_c.values() for r in (level["sync"], level["async"])])

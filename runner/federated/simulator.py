@@ -147,6 +147,13 @@ class Simulator:
         self._grid_k = 0  # next point of the evaluation grid (eval_interval set): t = k * eval_interval
         self.reached_target = False
         self.halted: str | None = None  # why the server stopped training early (e.g. its privacy budget is spent)
+        # config read on every event, as plain values (OmegaConf attribute access costs microseconds)
+        f = cfg.faults
+        self._max_batch, self._max_norm = int(cfg.client.max_batch), float(f.max_update_norm)
+        self._fault_rates = (float(f.nan_rate), float(f.blowup_rate))
+        self._max_updates, self._stop_at_target = int(cfg.max_client_updates), bool(cfg.stop_at_target)
+        self._eval_interval, self._max_sim_time = cfg.eval_interval, cfg.max_sim_time
+        self._dropout_rate = float(population.clock.dropout_rate)
 
     # ------------------------------------------------------------------ clients
     def dispatch(self, round: int = 0, extra_bytes: float = 0.0, extra_seconds: float = 0.0) -> Task:
@@ -160,7 +167,7 @@ class Simulator:
         if self._stream is not None:
             cid, prof, examples, u_drop = self._stream.next(self.t, self.busy)
             up = self.upload_bytes + extra_bytes + extra_seconds * prof.uplink
-            rate = self.population.clock.dropout_rate
+            rate = self._dropout_rate
             timing = self.population.timing_of(prof, self.t, examples, down, up,
                                                -math.log(u_drop) / rate if rate > 0 else None)
         else:
@@ -227,25 +234,25 @@ class Simulator:
             others = sorted((o for o in self.in_flight.values()
                              if o is not task and o.delta is None and o.drop_at is None and server.trainable(o)),
                             key=lambda o: o.finish)
-            batch = [task, *others[: self.cfg.client.max_batch - 1]]
+            batch = [task, *others[: self._max_batch - 1]]
             deltas = self.backend.train([TrainJob(o.cid, o.id, o.base, o.plan) for o in batch])
             for i, o in enumerate(batch):
                 deltas[i] = self._inject_fault(o, deltas[i])
             finite = torch.isfinite(deltas).all(1).tolist()  # validate the whole batch at once
-            small = (deltas.norm(dim=1) <= self.cfg.faults.max_update_norm).tolist()
+            small = (deltas.norm(dim=1) <= self._max_norm).tolist()
             for o, d, f, ok in zip(batch, deltas, finite, small):
                 o.delta, o.check = d, 0 if f and ok else (1 if not f else 2)
                 o.plan = None  # the shard is no longer needed
         return task.delta
 
     def _inject_fault(self, task: Task, delta: torch.Tensor) -> torch.Tensor:
-        f = self.cfg.faults
-        if f.nan_rate <= 0 and f.blowup_rate <= 0:
+        nan_rate, blowup_rate = self._fault_rates
+        if nan_rate <= 0 and blowup_rate <= 0:
             return delta
         u = np.random.default_rng(derive_seed(self.seed, "fault", task.id)).random()
-        if u < f.nan_rate:
+        if u < nan_rate:
             return torch.full_like(delta, math.nan)
-        if u < f.nan_rate + f.blowup_rate:
+        if u < nan_rate + blowup_rate:
             return delta * 1e6
         return delta
 
@@ -267,7 +274,7 @@ class Simulator:
         self.x = x_new.detach().clone()
         self.version += 1
         self.c.server_steps += 1
-        if self.cfg.eval_interval is None:
+        if self._eval_interval is None:
             self.evaluate()
 
     def evaluate(self) -> EvalPoint:
@@ -286,7 +293,7 @@ class Simulator:
     # ------------------------------------------------------------------ the event loop
     def _advance(self, t: float) -> None:
         """Move the clock to ``t``, evaluating at the grid points passed on the way (if on a grid)."""
-        step = self.cfg.eval_interval
+        step = self._eval_interval
         while step is not None and self._grid_k * step <= t:
             self._move(self._grid_k * step)
             self._grid_k += 1
@@ -298,8 +305,8 @@ class Simulator:
         self.t = t
 
     def _done(self) -> bool:
-        return self.halted is not None or self.c.client_updates >= self.cfg.max_client_updates or (
-            self.cfg.stop_at_target and self.reached_target)
+        return self.halted is not None or self.c.client_updates >= self._max_updates or (
+            self._stop_at_target and self.reached_target)
 
     def run(self, server: Server, checkpoint: Callable[[int, dict[str, Any]], None] | None = None,
             state: dict[str, Any] | None = None) -> SimulationResult:
@@ -317,12 +324,13 @@ class Simulator:
                 checkpoint(0, self.state_dict(server))  # a resumed stage always rewinds to a checkpoint
         else:
             self.load_state_dict(state, server)
+        every = cfg.checkpoint_every
         while self._heap and not self._done():
             when, _, kind, payload = heapq.heappop(self._heap)
             if kind != TIMER and payload.cancelled:
                 continue
-            if cfg.max_sim_time is not None and when > cfg.max_sim_time:
-                self._advance(cfg.max_sim_time)
+            if self._max_sim_time is not None and when > self._max_sim_time:
+                self._advance(self._max_sim_time)
                 break
             self._advance(when)
             if kind == TIMER:
@@ -344,7 +352,6 @@ class Simulator:
                     self.c.compute_wasted += payload.compute
                     server.on_failure(self, payload)
                 payload.delta = None
-                every = cfg.checkpoint_every
                 if checkpoint is not None and every and self.c.client_updates % every == 0 and not self._done():
                     checkpoint(self.c.client_updates, self.state_dict(server))
         if cfg.eval_interval is None or not self.history or self.history[-1].time < self.t:

@@ -35,22 +35,6 @@ def test_local_backend_chunks_give_the_same_updates(make_spec):
     assert torch.allclose(a, b, atol=1e-6)
 
 
-def test_ray_backend_matches_local(make_spec):
-    pytest.importorskip("ray")
-    from runner.federated.backends import RayBackend
-
-    spec = make_spec()
-    trainer = build_trainer(spec)
-    x0 = trainer.space.flatten(trainer.model)
-    jobs = [TrainJob(c, c, x0) for c in range(6)]
-    ray_backend = RayBackend(spec, clients_per_task=3, num_workers=1)
-    try:
-        remote = ray_backend.train(jobs)
-    finally:
-        ray_backend.close()
-    assert torch.equal(remote, LocalBackend(trainer, 3).train(jobs))
-
-
 def test_dirichlet_partition_skew_and_determinism():
     cfg = OmegaConf.structured(FederatedDatasetConfig(num_clients=10**8, alpha=0.1, samples_per_client=50,
                                                       size_sigma=0.0))

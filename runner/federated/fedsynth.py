@@ -17,8 +17,9 @@ Baseline at the same upload size: ``random_mask`` — k coordinates of Δ chosen
 Both are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
 the floats a client uploads, which the simulator's clock charges (the extra on-device compute of fitting S is
 not charged: a device's compute time is that of its local training). S starts (``init``) at m of the client's
-examples and their one-hot labels, at the means and label frequencies of m random groups of its examples
-(``mean``, the recipe's default), or at noise. The server must see each client's S to replay it, so FedSynth
+examples and their one-hot labels, at the means and label frequencies of m groups of its examples — random
+groups (``mean``) or runs of the shard sorted by class, so that each example starts as a class prototype
+(``class``, the recipe's default) — or at noise. The server must see each client's S to replay it, so FedSynth
 does not compose with secure aggregation of updates.
 """
 
@@ -145,7 +146,8 @@ class FedSynthOptions:
     learn_lr: bool = True  # learn (and upload) the step size η̃; else the server uses init_lr
     learn_labels: bool = True  # learn the soft labels (else the initial ones)
     init: str = "real"  # real: X̃, Ỹ start at m of the client's examples and labels | mean: at the means and label
-    # frequencies of m random groups of its examples | noise: X̃ ~ N(0, 1), uniform Ỹ
+    # frequencies of m random groups of its examples | class: of m runs of its examples sorted by class, most
+    # frequent first (class prototypes; m = 1: the shard's mean) | noise: X̃ ~ N(0, 1), uniform Ỹ
     init_lr: float | None = None  # η̃ at the start; null: client lr × local steps (or epochs) / inner_steps
     label_scale: float = 3.0  # initial logits: label_scale × (one-hot label, or label frequencies)
 
@@ -155,7 +157,7 @@ class FedSynthOptions:
             raise ConfigError(f"{key}.inner_steps must be >= 1 and {key}.iterations >= 0")
         if o.lr <= 0 or (o.init_lr is not None and o.init_lr <= 0):
             raise ConfigError(f"{key}.lr and {key}.init_lr must be > 0")
-        if o.init not in ("real", "mean", "noise"):
+        if o.init not in ("real", "mean", "class", "noise"):
             raise ConfigError(f"{key}.init='{o.init}' must be real, mean or noise")
 
 
@@ -189,8 +191,14 @@ class FedSynthCodec:
             rows = torch.randperm(n, generator=gen)[:m] if n >= m else torch.randint(n, (m,), generator=gen)
             x = plan.x[rows].to(torch.float32).clone()
             y = c.label_scale * F.one_hot(plan.y[rows], self.num_classes).to(torch.float32)
-        elif c.init == "mean":  # m random groups of the shard: each group's mean input and label frequencies
-            group = torch.randperm(n, generator=gen) % m if n >= m else torch.randint(m, (n,), generator=gen)
+        elif c.init in ("mean", "class"):  # m groups of the shard: each group's mean input and label frequencies
+            if c.init == "mean":  # random groups
+                group = torch.randperm(n, generator=gen) % m if n >= m else torch.randint(m, (n,), generator=gen)
+            else:  # class-stratified: the shuffled shard sorted by class (most frequent first), cut into m runs
+                perm = torch.randperm(n, generator=gen)
+                key = (-torch.bincount(plan.y, minlength=self.num_classes)[plan.y] * self.num_classes + plan.y)[perm]
+                group = torch.empty(n, dtype=torch.long)
+                group[perm[torch.argsort(key, stable=True)]] = torch.arange(n) * m // n if n >= m else torch.arange(n)
             onehot = F.one_hot(group, m).to(torch.float32).T  # [m, n]
             size = onehot.sum(1, keepdim=True).clamp_min(1.0)
             x = (onehot @ plan.x.to(torch.float32).reshape(n, -1) / size).reshape(m, *self.input_shape)

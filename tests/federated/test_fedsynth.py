@@ -7,6 +7,7 @@ import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 from omegaconf import OmegaConf
 
 from runner.core.cli import compose_recipe, run_recipe
@@ -14,7 +15,7 @@ from runner.core.errors import ConfigError
 from runner.core.seeding import derive_seed
 from runner.federated.aggregators import make_server
 from runner.federated.backends import LocalBackend, build_trainer
-from runner.federated.client import LocalTrainer
+from runner.federated.client import LocalTrainer, TrainPlan
 from runner.federated.fedsynth import (
     FedSynthCodec,
     InnerProblem,
@@ -220,3 +221,22 @@ def test_fedsynth_under_user_level_dp(tmp_path):
         assert p["steps"] > 0 and p["epsilon"] == pytest.approx(acc.get_epsilon(p["delta"]), rel=1e-6)
         assert p["epsilon"] <= 1.0
     assert r["privacy"]["epsilon"] == max(s["privacy"]["epsilon"] for s in stages)
+
+
+def test_class_init_starts_at_class_prototypes(make_spec):
+    """``init: class``: the shard sorted by class (most frequent first) and cut into m equal runs, so each synthetic
+    example starts at the mean of examples of one class with that class's one-hot label; m = 1: the shard's mean."""
+    trainer = build_trainer(make_spec())
+    torch.manual_seed(0)
+    x = torch.randn(16, 64)
+    y = torch.tensor([7] * 4 + [3] * 12)[torch.randperm(16)]  # class 3: 12 examples, class 7: 4
+    plan = TrainPlan(x, y, torch.zeros(1, 1, dtype=torch.long), torch.ones(1, 1), cid=5, draw=0)
+    s = FedSynthCodec({"examples": 4, "init": "class", "label_scale": 2.0}, trainer).initial_set(plan)
+    # three runs of four class-3 examples, then the four class-7 examples
+    torch.testing.assert_close(s.y_logits, 2.0 * F.one_hot(torch.tensor([3, 3, 3, 7]), 10).float())
+    torch.testing.assert_close(s.x[3], x[y == 7].mean(0))
+    torch.testing.assert_close(s.x[:3].mean(0), x[y == 3].mean(0))  # together: the class-3 mean
+    assert not torch.allclose(s.x[0], s.x[1])  # three different runs of class 3
+    one = FedSynthCodec({"examples": 1, "init": "class", "label_scale": 2.0}, trainer).initial_set(plan)
+    torch.testing.assert_close(one.x[0], x.mean(0))
+    torch.testing.assert_close(one.y_logits[0], 2.0 * torch.tensor([0, 0, 0, 0.75, 0, 0, 0, 0.25, 0, 0]))

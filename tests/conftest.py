@@ -93,8 +93,16 @@ def install_fake_vllm(monkeypatch: pytest.MonkeyPatch, llm_cls: type) -> Any:
     fake.LLM = llm_cls
     fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
     monkeypatch.setitem(sys.modules, "vllm", fake)
-    monkeypatch.delenv("WORLD_SIZE", raising=False)
+    outside_distributed_world(monkeypatch)
     return fake
+
+
+def outside_distributed_world(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unset the torch.distributed variables for one test and restore them after it, also those the code under test
+    sets (a colocated vLLM engine sets them; leaked, MASTER_PORT makes later trainers in the process bind one port)."""
+    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):
+        monkeypatch.setenv(var, "")  # recorded, so monkeypatch restores the original state (absent or not)
+        monkeypatch.delenv(var)
 
 
 def logged_records(path: Path) -> list[dict]:

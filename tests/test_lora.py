@@ -10,6 +10,7 @@ import torch
 from omegaconf import OmegaConf
 
 from runner.models.lora import LoRAConfig, SharedAdapters, adapter_engine, lora_parameter_count
+from tests.conftest import outside_distributed_world
 
 H, I, HEADS, KV, LAYERS, VOCAB = 32, 48, 4, 2, 2, 40  # head_dim 8: k/v project 32 -> 16
 
@@ -124,8 +125,7 @@ def test_vllm_serves_every_adapter_from_one_engine_with_a_lora_request_per_adapt
         lora_name=lora_name, lora_int_id=lora_int_id, lora_path=lora_path)
     for name, mod in (("vllm", vllm), ("vllm.lora", lora_mod), ("vllm.lora.request", request_mod)):
         monkeypatch.setitem(sys.modules, name, mod)
-    for var in ("RANK", "LOCAL_RANK", "WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT"):  # the engine sets them: undo
-        monkeypatch.delenv(var, raising=False)
+    outside_distributed_world(monkeypatch)  # the engine sets them
     from runner.rollout.base import SamplingParams
 
     base = tiny_llama()

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sys
 import types
 
 import pytest
@@ -123,10 +122,7 @@ def test_vllm_tensor_parallel_shards_run_their_groups_requests(monkeypatch):
     rank 1 keeps the completions of its own, with its own seeds."""
     import torch.distributed as dist
 
-    fake = types.ModuleType("vllm")
-    fake.LLM = _RecordingLLM
-    fake.SamplingParams = lambda **kw: types.SimpleNamespace(**kw)
-    monkeypatch.setitem(sys.modules, "vllm", fake)
+    install_fake_vllm(monkeypatch, _RecordingLLM)
     monkeypatch.setenv("WORLD_SIZE", "2")
     monkeypatch.setattr("runner.rollout.vllm._tp_group", lambda tp: "tp-group")
     from runner.rollout.vllm import VLLMEngine

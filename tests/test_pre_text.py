@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from types import SimpleNamespace
 
 import numpy as np
 import pytest
@@ -96,7 +97,7 @@ def test_private_evolution_moves_the_population_to_the_private_cluster():
     def vary(texts, seed):
         return [t + "x" for t in texts]
 
-    a = type("A", (), {"lookahead": 0, "threshold": 2.0, "rounds": 4, "population_size": 40})()
+    a = type("A", (), {"lookahead": 0, "download_dtype": "float32", "threshold": 2.0, "rounds": 4, "population_size": 40})()
     clients = [np.array([[1.0, 0.1]] * 8) for _ in range(200)]
     initial = [f"A{i}" for i in range(4)] + [f"B{i}" for i in range(36)]
     seed_set, rounds = PrivateEvolution(embed, vary, clients, a).run(initial, sigma=5.0, seed=0)
@@ -111,10 +112,50 @@ def test_fixed_noise_over_budget_fails_at_validation_and_paper_recipe_composes()
 
     with pytest.raises(ConfigError, match="privacy budget exceeded"):
         compose_recipe("pre_text", ["algorithm.noise_multiplier=1.0"])
-    cfg = compose_recipe("pre_text", ["algorithm.noise_multiplier=50"])  # spends far less than 1.29
-    assert cfg.algorithm.noise_multiplier == 50
     paper = compose_recipe("pre_text_paper", [])
     assert paper.algorithm.rounds == 11 and paper.model.hf_id == "distilbert/distilgpt2"
     assert paper.algorithm.expansion.engine == "vllm" and paper.algorithm.variation.mlm.kind == "hf"
     with pytest.raises(ConfigError, match="dp_fedavg.server.mode"):
         compose_recipe("pre_text", ["algorithm.dp_fedavg.server.mode=fedbuff"])
+
+
+def test_dp_fedavg_lm_clients_through_the_simulator():
+    """The LM client trainer gives the update of a plain SGD loop on the same windows; one FedAvg run through the
+    simulator moves 2 × 4 × P bytes per client per round (download + upload of float32 weights), and with a
+    budget its noise comes from the simulator's accountant."""
+    from omegaconf import OmegaConf
+
+    from runner.models.builder import build_model_and_tokenizer
+    from runner.models.finetune import token_stream
+    from runner.privacy.pre_text_fl import DPFedAvgConfig, LMClientTrainer, run_dp_fedavg
+
+    torch.manual_seed(0)
+    model_cfg = OmegaConf.create({"kind": "tiny", "tokenizer": "byte", "hidden_size": 16, "num_layers": 1,
+                                  "num_heads": 2, "num_kv_heads": 1, "intermediate_size": 32,
+                                  "max_position_embeddings": 64, "rope_theta": 10000.0, "tie_word_embeddings": True})
+    lm, tok = build_model_and_tokenizer(model_cfg)
+    streams = [token_stream([f"client {i} says hello number {j}" for j in range(4)], tok) for i in range(6)]
+    cfg = OmegaConf.structured(DPFedAvgConfig(rounds=2, concurrency=3, seq_len=16))
+    cfg.client.local_steps, cfg.client.batch_size, cfg.client.lr = 2, 2, 0.1
+    trainer = LMClientTrainer(lm, streams, cfg.client, cfg.seq_len, seed=3)
+    x0 = trainer.space.flatten(lm)
+    plan = trainer.plan(1, 0)
+    delta = trainer.train_clients(x0[None], [1], [0])[0]
+    ref = build_model_and_tokenizer(model_cfg)[0].train()  # the same weights, trained by hand
+    torch.nn.utils.vector_to_parameters(x0.clone(), ref.parameters())
+    opt = torch.optim.SGD(ref.parameters(), lr=0.1)
+    for idx in plan.idx:
+        opt.zero_grad()
+        ref(input_ids=plan.x[idx], labels=plan.x[idx]).loss.backward()
+        opt.step()
+    torch.testing.assert_close(delta, torch.nn.utils.parameters_to_vector(ref.parameters()).detach() - x0)
+
+    logged = []
+    ctx = SimpleNamespace(seed=0, log=lambda m, step, stage: logged.append(m))  # what the run uses of a context
+    privacy = OmegaConf.create({"epsilon": 5.0, "delta": 1e-5, "accountant": "rdp"})
+    res, _ = run_dp_fedavg(lm, streams, cfg, privacy, 5.0, lambda m: {"next_token_accuracy": 0.0, "loss": 0.0},
+                           ctx, "dp_fedavg_test")
+    assert res["rounds"] == 2 and res["client_updates"] == 6
+    assert res["client_bytes_per_round"] == pytest.approx(8 * x0.numel())
+    assert res["client_flops_per_round"] > 0 and res["privacy"]["epsilon"] <= 5.0
+    assert [m["server_steps"] for m in logged][:3] == [0, 1, 2]  # the start model and both rounds' models

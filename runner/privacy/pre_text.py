@@ -64,8 +64,11 @@ class ExpansionConfig:
     finetune_steps: int = 150
     num_samples: int = 300
     shots: int = 3
+    seq_len: int = 256  # windows of the list-formatted fine-tuning corpus (cover a prompt and its completion)
+    batch_size: int = 8
     max_new_tokens: int = 96
     temperature: float = 1.0
+    top_p: float = 1.0
 
 
 @dataclass
@@ -268,7 +271,8 @@ class PrivateEvolution:
 
     def round(self, population: Sequence[str], sigma: float, seed: int) -> tuple[PERound, np.ndarray]:
         """Votes of every client for the current population, and their DP release."""
-        emb = self.synthetic_embeddings(population, seed)
+        # the clients search the embeddings as downloaded (e.g. rounded to float16)
+        emb = self.synthetic_embeddings(population, seed).astype(self.a.download_dtype).astype(np.float64)
         nearest_all = nearest_synthetic(np.concatenate(self.clients), emb)
         bounds = np.cumsum([0] + [len(c) for c in self.clients])
         nearest = [nearest_all[bounds[i]:bounds[i + 1]] for i in range(len(self.clients))]

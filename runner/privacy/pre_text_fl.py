@@ -9,6 +9,7 @@ trainer measures what the clients actually execute: FLOPs (``torch.utils.flop_co
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import time
 from collections.abc import Callable, Sequence
@@ -44,7 +45,7 @@ class DPFedAvgConfig(SimulationConfig):
 
 class LMClientTrainer:
     """The client side of the simulator for a causal LM (the interface of :class:`runner.federated.client.
-    LocalTrainer`: ``space``, ``upload_floats``, ``plan``, ``train``)."""
+    LocalTrainer`: ``space``, ``upload_floats``, ``plan``, ``train_clients``; not ``batched``)."""
 
     def __init__(self, model: torch.nn.Module, client_streams: Sequence[torch.Tensor], client_cfg: Any,
                  seq_len: int, seed: int):
@@ -53,7 +54,8 @@ class LMClientTrainer:
         self.upload_floats = self.space.size
         self.local_steps, self.batch_size = int(client_cfg.local_steps), int(client_cfg.batch_size)
         self.lr, self.seq_len = float(client_cfg.lr), int(seq_len)
-        self.flops, self.seconds, self.trained = 0, 0.0, 0
+        self.work = copy.deepcopy(model).train()  # the device's copy, loaded with each client's start weights
+        self.flops, self.flop_clients, self.seconds, self.trained = 0, 0, 0.0, 0
         self.codec = None
 
     def plan(self, cid: int, draw: int) -> TrainPlan:
@@ -66,26 +68,34 @@ class LMClientTrainer:
         idx = torch.arange(len(starts)).view(self.local_steps, self.batch_size)
         return TrainPlan(x, torch.zeros(len(starts), dtype=torch.long), idx, torch.ones(idx.shape), cid, draw)
 
+    def train_clients(self, x0s: torch.Tensor, cids: Sequence[int], draws: Sequence[int],
+                      plans: Sequence[TrainPlan | None] | None = None) -> torch.Tensor:
+        """Δ of participations (cid, draw) from start parameters x0s [n, P] (plans derived where missing)."""
+        plans = plans or [None] * len(cids)
+        return self.train(x0s, [p if p is not None else self.plan(c, d) for p, c, d in zip(plans, cids, draws)])
+
     def train(self, x0s: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
-        """Δ = x_local - x_start of each client: SGD on the next-token loss, FLOPs and seconds measured."""
+        """Δ = x_local - x_start of each client: SGD on the next-token loss. Seconds are measured on every client,
+        FLOPs counted on the first client of each call (every client runs the same shapes)."""
         deltas = []
-        for x0, plan in zip(x0s, plans):
-            model = copy.deepcopy(self.model).train()
-            torch.nn.utils.vector_to_parameters(x0.clone(), model.parameters())
-            opt = torch.optim.SGD(model.parameters(), lr=self.lr)
-            counter = FlopCounterMode(display=False)
+        for k, (x0, plan) in enumerate(zip(x0s, plans)):
+            torch.nn.utils.vector_to_parameters(x0.clone(), self.work.parameters())
+            opt = torch.optim.SGD(self.work.parameters(), lr=self.lr)
+            counter = FlopCounterMode(display=False) if k == 0 else contextlib.nullcontext()
             start = time.perf_counter()
             with counter:
                 for idx in plan.idx:
                     batch = plan.x[idx]
-                    loss = model(input_ids=batch, labels=batch).loss
+                    loss = self.work(input_ids=batch, labels=batch).loss
                     opt.zero_grad(set_to_none=True)
                     loss.backward()
                     opt.step()
             self.seconds += time.perf_counter() - start
-            self.flops += counter.get_total_flops()
             self.trained += 1
-            deltas.append(self.space.flatten(model) - x0)
+            if k == 0:
+                self.flops += counter.get_total_flops()
+                self.flop_clients += 1
+            deltas.append(self.space.flatten(self.work) - x0)
         return torch.stack(deltas)
 
 
@@ -117,12 +127,14 @@ def run_dp_fedavg(model: torch.nn.Module, client_streams: Sequence[torch.Tensor]
     server = make_server(server_cfg, x0, agg)
     run = sim.run(server)
     c = run.counters
-    per_client = max(1, c.client_updates)
+    # a participant downloads the model (counted per start: the round after the last one starts, then stops)
+    # and uploads its update (counted per report)
+    per_round = (c.bytes_down + c.bytes_secagg) / max(1, c.client_starts) + c.bytes_up / max(1, c.client_updates)
     out: dict[str, Any] = {
         "rounds": c.server_steps,
         "client_updates": c.client_updates,
-        "client_bytes_per_round": (c.bytes_down + c.bytes_up + c.bytes_secagg) / per_client,
-        "client_flops_per_round": trainer.flops / max(1, trainer.trained),
+        "client_bytes_per_round": per_round,
+        "client_flops_per_round": trainer.flops / max(1, trainer.flop_clients),
         "client_seconds_per_round": trainer.seconds / max(1, trainer.trained),
         "num_parameters": int(x0.numel()),
         "history": [{"server_steps": p.server_steps, "accuracy": p.accuracy, "loss": p.loss} for p in run.history],

@@ -116,23 +116,28 @@ def pretrain_mlm(model: Any, tok: Any, texts: Sequence[str], cfg: Any, mask_frac
 @torch.no_grad()
 def vary(texts: Sequence[str], model: Any, tok: Any, mask_fraction: float, seed: int, temperature: float = 1.0,
          max_length: int = 64, batch_size: int = 64) -> list[str]:
-    """One variation of each text: ``mask_fraction`` of its tokens masked, each refilled by sampling the MLM."""
+    """One variation of each text: ``mask_fraction`` of its tokens masked, then refilled one slot at a time (left to
+    right, each sampled from the MLM given the slots already refilled, so neighbouring slots stay consistent)."""
     gen = torch.Generator().manual_seed(seed % 2**63)
     special = torch.tensor(sorted(set(tok.all_special_ids)))
     out: list[str] = []
     for i in range(0, len(texts), batch_size):
         enc = tok(list(texts[i:i + batch_size]), padding=True, truncation=True, max_length=max_length,
                   return_tensors="pt", return_special_tokens_mask=True)
-        ids = enc["input_ids"]
-        maskable = enc["attention_mask"].bool() & ~enc["special_tokens_mask"].bool()
-        chosen = mask_tokens(ids, maskable, mask_fraction, tok.mask_token_id, gen)
-        logits = model(input_ids=ids.masked_fill(chosen, tok.mask_token_id).to(model.device),
-                       attention_mask=enc["attention_mask"].to(model.device)).logits.float().cpu()
-        logits[..., special] = -math.inf  # refill with words, never with a special token
-        probs = torch.softmax(logits[chosen] / max(temperature, 1e-6), -1)
-        filled = ids.clone()
-        filled[chosen] = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
-        out += [t.strip() for t in tok.batch_decode(filled, skip_special_tokens=True)]
+        att = enc["attention_mask"]
+        maskable = att.bool() & ~enc["special_tokens_mask"].bool()
+        pending = mask_tokens(enc["input_ids"], maskable, mask_fraction, tok.mask_token_id, gen)
+        ids = enc["input_ids"].masked_fill(pending, tok.mask_token_id)
+        while pending.any():
+            rows = pending.any(1).nonzero().squeeze(1)
+            cols = pending[rows].float().argmax(1)  # each row's leftmost slot still masked
+            logits = model(input_ids=ids.to(model.device), attention_mask=att.to(model.device)).logits
+            logits = logits[rows, cols].float().cpu()
+            logits[:, special] = -math.inf  # refill with words, never with a special token
+            probs = torch.softmax(logits / max(temperature, 1e-6), -1)
+            ids[rows, cols] = torch.multinomial(probs, 1, generator=gen).squeeze(-1)
+            pending[rows, cols] = False
+        out += [t.strip() for t in tok.batch_decode(ids, skip_special_tokens=True)]
     return out
 
 
@@ -157,7 +162,7 @@ def list_documents(seed_texts: Sequence[str], shots: int, n: int, rng: np.random
 
 
 def expand(engine: Any, seed_texts: Sequence[str], num_samples: int, shots: int, max_new_tokens: int,
-           temperature: float, seed: int) -> list[str]:
+           temperature: float, seed: int, top_p: float = 1.0) -> list[str]:
     """``num_samples`` new samples: each prompt shows ``shots`` random seed samples; keep the first completed line
     (empty lines and copies of a seed sample are dropped)."""
     from runner.rollout.base import SamplingParams
@@ -166,7 +171,7 @@ def expand(engine: Any, seed_texts: Sequence[str], num_samples: int, shots: int,
     prompts = [list_prompt([seed_texts[j] for j in rng.choice(len(seed_texts), size=min(shots, len(seed_texts)),
                                                                replace=False)]) for _ in range(num_samples)]
     outs = engine.generate(prompts, SamplingParams(max_new_tokens=max_new_tokens, temperature=temperature,
-                                                   seed=seed, stop=["\n"]))
+                                                   top_p=top_p, seed=seed, stop=["\n"]))
     known = set(seed_texts)
     return [t for r in outs if (t := r.text.split("\n")[0].strip()) and t not in known]
 

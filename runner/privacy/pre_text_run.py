@@ -150,7 +150,7 @@ class Comparison:
         if e.enabled and len(seed_set) >= 2:
             seed = derive_seed(self.ctx.seed, "expansion", epsilon_key(eps))
             engine = self.expansion_engine(eps, lm, tok, seed_set, seed)
-            texts = expand(engine, seed_set, e.num_samples, e.shots, e.max_new_tokens, e.temperature, seed)
+            texts = expand(engine, seed_set, e.num_samples, e.shots, e.max_new_tokens, e.temperature, seed, e.top_p)
         self.ctx.checkpoints.mark_done(stage, {"texts": texts})
         return texts
 
@@ -173,7 +173,7 @@ class Comparison:
         if e.finetune_steps:
             docs = list_documents(seed_set, e.shots, max(64, 4 * len(seed_set)), np.random.default_rng(seed))
             d = self.a.downstream
-            ft = LMTrainConfig(steps=e.finetune_steps, batch_size=d.batch_size, seq_len=2 * d.seq_len, lr=d.lr,
+            ft = LMTrainConfig(steps=e.finetune_steps, batch_size=e.batch_size, seq_len=e.seq_len, lr=d.lr,
                                warmup_steps=min(d.warmup_steps, e.finetune_steps - 1), eval_every=e.finetune_steps,
                                checkpoint_every=e.finetune_steps)
             model = self.train_on(lm, tok, docs, f"expander_{epsilon_key(eps)}", ft)

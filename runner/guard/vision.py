@@ -50,8 +50,8 @@ class PGDSettings:
 @dataclass
 class GCGSettings:
     enabled: bool = True
-    steps: int = 20
-    search_width: int = 64
+    steps: int = 8
+    search_width: int = 32
     topk: int = 32
     suffix_len: int = 8
     max_items: int = 8  # unsafe response items attacked
@@ -64,9 +64,10 @@ class GuardVisionConfig:
     name: str = "guard_vision"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES_1B))
     test_fraction: float = 0.3  # files only; the toy world keeps its own held-out split
+    pretrain_steps: int = 600  # tiny models on the toy world: caption pretraining of the VLM before the guard
     train_steps: int = 800  # tiny models only
     batch_size: int = 16
-    lr: float = 1.0e-2
+    lr: float = 3.0e-3
     warmup_steps: int = 40
     weight_decay: float = 0.0
     checkpoint_every: int = 200
@@ -90,8 +91,9 @@ class GuardVisionConfig:
         for key in ("batch_size", "eval_batch_size", "max_new_tokens", "checkpoint_every"):
             if a[key] < 1:
                 raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
-        if a.train_steps < 0 or (a.train_steps and a.warmup_steps >= a.train_steps):
-            raise ConfigError(f"algorithm.train_steps={a.train_steps} must be >= 0 and above warmup_steps")
+        for key in ("pretrain_steps", "train_steps"):
+            if a[key] < 0 or (a[key] and a.warmup_steps >= a[key]):
+                raise ConfigError(f"algorithm.{key}={a[key]} must be 0 or above algorithm.warmup_steps")
         if not 0.0 < a.threshold < 1.0 or a.num_thresholds < 2:
             raise ConfigError("algorithm.threshold must be in (0, 1) and algorithm.num_thresholds >= 2")
         if a.pgd.enabled and (a.pgd.eps < 0 or a.pgd.steps < 1 or a.pgd.step_size <= 0
@@ -102,21 +104,41 @@ class GuardVisionConfig:
         if cfg.model.kind == "tiny" and "image_size" not in cfg.model:
             raise ConfigError(f"model={cfg.model.name} is not a vision guard (use model=tiny_vision_guard or "
                               "model=llama_guard_3_11b_vision)")
-        if cfg.dataset.source != "builtin" and not (cfg.dataset.params or {}).get("vision_format"):
-            raise ConfigError(f"dataset={cfg.dataset.name} is not a multimodal moderation set (dataset.params."
-                              "vision_format: vlguard | spa_vl | mssbench)")
+        from runner.data.vision_moderation import TOY_DEFAULTS
+
+        params = set(cfg.dataset.params or {})
+        if (not params <= set(TOY_DEFAULTS)) if cfg.dataset.source == "builtin" else "vision_format" not in params:
+            raise ConfigError(f"dataset={cfg.dataset.name} is not a multimodal moderation set (the toy world "
+                              "vision_moderation_toy, or dataset.params.vision_format: vlguard | spa_vl | mssbench)")
 
 
 # --------------------------------------------------------------------------- training
-def train_vision_guard(model: Any, data: Sequence[Encoded], a: Any, ctx: RunContext, pad_id: int,
+CAPTION_PROMPT = "<|begin_of_text|><|image|>A picture of a"
+
+
+def caption_data(prompter: VisionPrompter, train: Sequence[VisionModerationExample]) -> list[Encoded]:
+    """Image-text pairs for pretraining: each distinct training image captioned with what it shows."""
+    seen, out = set(), []
+    tok = prompter.tokenizer
+    for e in train:
+        if e.image is None or not e.image_label or id(e.image) in seen:
+            continue
+        seen.add(id(e.image))
+        enc = prompter.encode(e, prompt=CAPTION_PROMPT)
+        enc.ids = enc.ids + tok(f" {e.image_label}", add_special_tokens=False)["input_ids"] + [tok.eos_token_id]
+        out.append(enc)
+    return out
+
+
+def train_vision_guard(model: Any, data: Sequence[Encoded], steps: int, a: Any, ctx: RunContext, pad_id: int,
                        stage: str = "train") -> None:
-    """Cross-entropy on the answer tokens of image + prompt items; resumable from ``stage``'s checkpoint. The
-    output layer runs on the answer positions only."""
+    """Cross-entropy on the answer tokens (after the prompt) of image + text items; resumable from ``stage``'s
+    checkpoint. The output layer runs on the answer positions only."""
     model.train()
-    opt = ResumableOptimizer.create(model, _TrainCfg(a.train_steps, a.lr, a.warmup_steps, a.weight_decay), ctx.seed)
+    opt = ResumableOptimizer.create(model, _TrainCfg(steps, a.lr, a.warmup_steps, a.weight_decay), ctx.seed)
     start = opt.restore(ctx, stage)
-    bar = ctx.progress(total=a.train_steps, initial=start, desc=stage)
-    for step in range(start + 1, a.train_steps + 1):
+    bar = ctx.progress(total=steps, initial=start, desc=stage)
+    for step in range(start + 1, steps + 1):
         idx = torch.randint(0, len(data), (a.batch_size,), generator=opt.generator).tolist()
         batch = {k: v.to(model.device) for k, v in collate([data[i] for i in idx], pad_id, left=False).items()}
         labels = batch.pop("labels")
@@ -125,7 +147,7 @@ def train_vision_guard(model: Any, data: Sequence[Encoded], a: Any, ctx: RunCont
         loss, parts = answer_loss(model.lm_head(hidden[:, :-1][keep]), labels[:, 1:][keep])
         ctx.log({"loss": loss.item(), "lr": opt.step(loss)}, step, stage)
         bar.update(1)
-        if step % a.checkpoint_every == 0 or step == a.train_steps:
+        if step % a.checkpoint_every == 0 or step == steps:
             opt.save(ctx, stage, step)
     bar.close()
     model.eval()
@@ -297,15 +319,21 @@ def run_guard_vision(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     if tiny:  # the tokenizer learns the rendered prompts and answers of the training split
         probe = VisionPrompter(None, cats)
         corpus = [probe.prompt(e) + probe.answer(e) for e in train] + [f"unsafe\n{c}" for c in cats]
+        corpus += sorted({f"{CAPTION_PROMPT} {e.image_label}" for e in train if e.image_label})
     model, processor = build_vision_guard(cfg.model, cfg.hardware, corpus)
     prompter = VisionPrompter(processor, cats)
-    if tiny and a.train_steps > 0:
-        if ctx.checkpoints.done("train") is None:
-            data = [prompter.encode(e, answer=True) for e in train]
-            train_vision_guard(model, data, a, ctx, processor.tokenizer.pad_token_id)
-            ctx.checkpoints.mark_done("train", {"steps": a.train_steps})
-        else:
-            model.load_state_dict(ctx.checkpoints.load("train")["state"]["model"])
+    pad = processor.tokenizer.pad_token_id
+    stages = [("pretrain", a.pretrain_steps if cfg.dataset.source == "builtin" else 0,
+               lambda: caption_data(prompter, train)),
+              ("train", a.train_steps, lambda: [prompter.encode(e, answer=True) for e in train])]
+    for stage, steps, data in stages if tiny else []:
+        if steps == 0:
+            continue
+        if ctx.checkpoints.done(stage) is None:
+            train_vision_guard(model, data(), steps, a, ctx, pad, stage)
+            ctx.checkpoints.mark_done(stage, {"steps": steps})
+        elif stage == "train" or ctx.checkpoints.done("train") is None:
+            model.load_state_dict(ctx.checkpoints.load(stage)["state"]["model"])
     tasks, outputs = evaluate_tasks(model, prompter, test, a, with_image=True)
     text_only, outputs_txt = evaluate_tasks(model, prompter, test, a, with_image=False)
     baselines: dict[str, Any] = {"text_only": {t: {k: m[k] for k in ("precision", "recall", "f1", "fpr", "auprc")}
@@ -332,6 +360,7 @@ def run_guard_vision(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     return {"tasks": tasks, "baselines": baselines, "robustness": robustness, "threshold_curves": curves,
             "num_train": len(train), "num_test": len(test),
             "info": {"categories": cats, "template": "llama_guard_3_vision", "threshold": a.threshold,
+                     "pretrain_steps": a.pretrain_steps if tiny and cfg.dataset.source == "builtin" else 0,
                      "train_steps": a.train_steps if tiny else 0}}
 
 

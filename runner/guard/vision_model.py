@@ -78,6 +78,16 @@ def tiny_mllama_config(cfg: Any, tokenizer: Any) -> Any:
                         image_token_index=tokenizer.convert_tokens_to_ids("<|image|>"))
 
 
+@torch.no_grad()
+def open_cross_attention_gates(model: Any, value: float = 1.0) -> None:
+    """Set the tanh gates of the text decoder's cross-attention layers (zero at init, so that a pretrained text
+    model starts unchanged) to ``value``: a guard trained from scratch then gets gradients into the vision
+    encoder from the first step instead of waiting for the gates to open."""
+    for name, p in model.named_parameters():
+        if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
+            p.fill_(value)
+
+
 def build_vision_guard(model_cfg: Any, hardware_cfg: Any, corpus: Sequence[str] = ()) -> tuple[Any, Any]:
     """(model, processor) for ``model_cfg``: a tiny Mllama built here (its tokenizer trained on ``corpus``) or the
     released checkpoint."""
@@ -89,6 +99,7 @@ def build_vision_guard(model_cfg: Any, hardware_cfg: Any, corpus: Sequence[str] 
     if model_cfg.kind == "tiny":
         processor = tiny_processor(list(corpus) + ["safe", "unsafe"], model_cfg.vocab_size, model_cfg.image_size)
         model = MllamaForConditionalGeneration(tiny_mllama_config(model_cfg, processor.tokenizer)).to(dtype)
+        open_cross_attention_gates(model)
     else:
         source = model_cfg.path or model_cfg.hf_id
         try:

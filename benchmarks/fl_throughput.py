@@ -109,7 +109,7 @@ def end_to_end(trainer: LocalTrainer, concurrency: int, updates: int, mode: str 
 
 
 def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2, 4),
-                per_task: int = 64) -> dict[str, Any]:
+                per_task: int = 256) -> dict[str, Any]:
     """Updates/s of the Ray backend with 1, 2, 4 local actors on one batch of ``clients``; utilisation."""
     import ray
 

@@ -3,8 +3,8 @@
 Both cut the jobs into the same chunks of ``clients_per_task`` clients and run the same
 :meth:`LocalTrainer.train_clients` on each chunk, so one seed gives the same updates on either backend. A Ray
 worker rebuilds the dataset, model and trainer from a picklable :class:`TrainerSpec` once, and then
-derives each client's shard and minibatches from ``(seed, client id, draw)``; only the start parameters
-travel with a job.
+derives each client's shard and minibatches from ``(seed, client id, draw)``; only ids and the distinct start
+models of a chunk travel to it.
 """
 
 from __future__ import annotations
@@ -123,7 +123,7 @@ class RayBackend:
         return sum(self.busy) / (len(self.actors) * self.wall) if self.wall > 0 else 0.0
 
     def train(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
-        todo = deque(enumerate(chunks([TrainJob(j.cid, j.draw, j.x0) for j in jobs], self.size)))
+        todo = deque(enumerate(_payload(c) for c in chunks(jobs, self.size)))
         results: list[torch.Tensor | None] = [None] * len(todo)
         pending: dict[Any, tuple[int, int]] = {}  # object ref -> (chunk, actor)
         queued = [0] * len(self.actors)
@@ -159,15 +159,28 @@ class RayBackend:
             self.ray.shutdown()
 
 
+def _payload(jobs: Sequence[TrainJob]) -> tuple[list[int], list[int], list[int], torch.Tensor]:
+    """A chunk as it travels to an actor: ids, draws, and each distinct start model once (clients that started
+    from the same global model version share it) with an index per job."""
+    where: dict[int, int] = {}
+    bases: list[torch.Tensor] = []
+    for j in jobs:
+        if id(j.x0) not in where:
+            where[id(j.x0)] = len(bases)
+            bases.append(j.x0)
+    return [j.cid for j in jobs], [j.draw for j in jobs], [where[id(j.x0)] for j in jobs], torch.stack(bases)
+
+
 class _TrainerActor:
     def __init__(self, spec: TrainerSpec):
         torch.set_num_threads(spec.threads)
         self.trainer = build_trainer(spec)
 
-    def train(self, jobs: Sequence[TrainJob]) -> tuple[torch.Tensor, float]:
-        """Δ of one chunk and the seconds spent on it."""
+    def train(self, payload: tuple[list[int], list[int], list[int], torch.Tensor]) -> tuple[torch.Tensor, float]:
+        """Δ of one chunk (see :func:`_payload`) and the seconds spent on it."""
         t0 = time.perf_counter()
-        out = run_chunk(self.trainer, jobs)
+        cids, draws, which, bases = payload
+        out = self.trainer.train_clients(bases[torch.tensor(which)], cids, draws)
         return out, time.perf_counter() - t0
 
 

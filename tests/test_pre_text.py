@@ -97,7 +97,7 @@ def test_private_evolution_moves_the_population_to_the_private_cluster():
     def vary(texts, seed):
         return [t + "x" for t in texts]
 
-    a = type("A", (), {"lookahead": 0, "download_dtype": "float32", "threshold": 2.0, "rounds": 4, "population_size": 40})()
+    a = SimpleNamespace(lookahead=0, download_dtype="float32", threshold=2.0, rounds=4, population_size=40)
     clients = [np.array([[1.0, 0.1]] * 8) for _ in range(200)]
     initial = [f"A{i}" for i in range(4)] + [f"B{i}" for i in range(36)]
     seed_set, rounds = PrivateEvolution(embed, vary, clients, a).run(initial, sigma=5.0, seed=0)

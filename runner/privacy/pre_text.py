@@ -98,6 +98,7 @@ class PreTextConfig:
     @staticmethod
     def validate(cfg: DictConfig) -> None:
         from runner.core import registry
+        from runner.federated.aggregators import round_goal
         from runner.federated.config import check_server
         from runner.federated.private import preflight
         from runner.models.finetune import check_train_config
@@ -165,7 +166,8 @@ class PreTextConfig:
                 shim = OmegaConf.create({"algorithm": OmegaConf.to_container(run_cfg),
                                          "dataset": {"num_clients": int(params["num_clients"])},
                                          "privacy": OmegaConf.to_container(p)})
-                shim.algorithm.max_client_updates = run_cfg.rounds * run_cfg.concurrency
+                shim.algorithm.max_client_updates = run_cfg.rounds * round_goal(run_cfg.concurrency,
+                                                                                run_cfg.server.over_selection)
                 preflight(shim, [(f"algorithm.dp_fedavg.tune[{i}]", run_cfg.server, run_cfg.concurrency)],
                           [float(x) for x in a.epsilons])
 

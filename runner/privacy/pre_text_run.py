@@ -230,8 +230,13 @@ class Comparison:
             if metrics is None:
                 metrics = self.evaluate(self.train_on(lm, tok, train_texts, stage))
                 ctx.checkpoints.mark_done(stage, metrics)
-            pre_text = {**metrics, **{k: pe[k] for k in ("client_bytes_per_round", "client_flops_per_round",
-                                                         "client_seconds_per_round", "rounds")},
+            stage = f"downstream_seed_only_{key}"  # ablation: the DP seed set without the LLM expansion
+            seed_only = ctx.checkpoints.done(stage)
+            if seed_only is None:
+                seed_only = self.evaluate(self.train_on(lm, tok, pe["seed_set"], stage))
+                ctx.checkpoints.mark_done(stage, seed_only)
+            costs_keys = ("client_bytes_per_round", "client_flops_per_round", "client_seconds_per_round", "rounds")
+            pre_text = {**metrics, "seed_only": seed_only, **{k: pe[k] for k in costs_keys},
                         "seed_set_size": len(pe["seed_set"]), "expanded": len(expanded),
                         "survivors_per_round": pe["survivors_per_round"], "fallback_rounds": pe["fallback_rounds"],
                         "seed_samples": pe["seed_set"][:5], "expanded_samples": expanded[:5]}

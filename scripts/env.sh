@@ -13,5 +13,5 @@ fi
 [[ -x .venv/bin/python ]] || "$PY" -m venv .venv
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 .venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/python -m pip install -q "torch==2.13.0"
-quiet .venv/bin/python -m pip install -q -e ".[dev,dist]"
+quiet .venv/bin/python -m pip install -q -e ".[dev,deploy,dist]"
 echo "$want" > "$stamp"

@@ -9,8 +9,9 @@
    dynamic activations ("8da4w"); embeddings INT4 group-wise weight-only; then convert.
 6. Output-layer pruning: keep the rows of the guard's output tokens; scatter their logits into a −inf vector of
    the full vocabulary so generation and scoring are unchanged.
-7. Export: quantised weights packed two INT4 values per byte with their scales and zero points (safetensors);
-   the file's size is the artifact size.
+7. Size: quantised weights packed two INT4 values per byte with their scales and zero points (safetensors), the
+   same measure for every stage of the table (fp32 stages included). The deployable artifact is the ExecuTorch
+   program of :mod:`runner.guard.export`.
 """
 
 from __future__ import annotations
@@ -210,7 +211,7 @@ def prune_output_layer(model: Any, kept_ids: Sequence[int]) -> Any:
     return model
 
 
-# --------------------------------------------------------------------------- 7. export and measurement
+# --------------------------------------------------------------------------- 7. size and latency measurement
 def count_parameters(model: Any) -> int:
     """Parameters stored (shared tensors once)."""
     seen, n = set(), 0

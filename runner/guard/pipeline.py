@@ -1,12 +1,16 @@
 """Recipe ``llamaguard_1b_int4``: the Llama Guard 3-1B-INT4 compression pipeline (arXiv 2411.17713).
 
 source guard ─► calibrate ─► prune blocks (BI) + MLP neurons ─► distil from the teacher ─► QAT 8da4w ─► convert
-─► prune the output layer ─► export. Every stage is resumable: training stages checkpoint and continue, and a
-finished stage is marked done with its metrics, so a re-run skips it and rebuilds its model from the previous
-stage's weights (pruning, conversion and output pruning are deterministic given calibration). Each stage is
-evaluated on the test split and measured (parameters, exported bytes, CPU time to first token and decode speed);
-``results.json`` holds the table under ``stages.<name>`` and, as the task's difficulty check on the same split,
-``baselines.bow`` (bag-of-words logistic regression) and ``baselines.majority``.
+─► prune the output layer ─► export an ExecuTorch program (``.pte``, XNNPACK, KV cache). Every stage is
+resumable: training stages checkpoint and continue, and a finished stage is marked done with its metrics, so a
+re-run skips it and rebuilds its model from the previous stage's weights (pruning, conversion and output pruning
+are deterministic given calibration). Each stage is evaluated on the test split and measured (parameters, bytes
+with INT4 weights packed two per byte, CPU time to first token and decode speed); ``results.json`` holds the
+table under ``stages.<name>`` and, as the task's difficulty check on the same split, ``baselines.bow``
+(bag-of-words logistic regression) and ``baselines.majority``. The last stage is also evaluated from its
+artifact: ``export/guard_int4.pte`` run in the ExecuTorch runtime on the test split gives ``pte_bytes``,
+``f1_pte``, ``fpr_pte``, ``auprc_pte``, ``agreement`` (share of items with the in-memory model's verdict) and the
+program's CPU latency (``algorithm.export_pte=false`` skips it; it needs the ``deploy`` extra).
 
 Embedded default: a toy moderation world, a tiny Llama guard trained on it (the source and, without a separate
 teacher, the distillation teacher), and a student derived by the whole pipeline. Paper scale: the source is
@@ -31,8 +35,8 @@ from runner.core.report import markdown_table
 from runner.data.moderation import ModerationExample
 from runner.guard import compress
 from runner.guard.baselines import bow_baseline, majority_baseline
-from runner.guard.evaluate import build_guard, check_guard_keys, evaluate_guard, prompt_wrap
-from runner.guard.format import CATEGORIES_1B, check_categories, output_token_ids
+from runner.guard.evaluate import build_guard, check_guard_keys, evaluate_guard, prompt_wrap, score
+from runner.guard.format import CATEGORIES_1B, check_categories, output_token_ids, parse_output
 from runner.guard.train import GuardPrompter, GuardTrainConfig, collate, train_guard
 
 
@@ -69,6 +73,8 @@ class LlamaGuard1BInt4Config:
     qat_lr: float = 5.0e-4
     # 6. output-layer pruning
     prune_output: bool = True
+    # 7. ExecuTorch export of the last stage, evaluated from the file (needs the deploy extra)
+    export_pte: bool = True
     # evaluation and latency
     eval_batch_size: int = 32
     max_new_tokens: int = 10
@@ -90,6 +96,13 @@ class LlamaGuard1BInt4Config:
             raise ConfigError(f"algorithm.distill_ratio={a.distill_ratio} must be in [0, 1]")
         if a.temperature <= 0:
             raise ConfigError(f"algorithm.temperature={a.temperature} must be > 0")
+        if a.export_pte:
+            from runner.guard.export import require_executorch
+
+            require_executorch()
+            if a.group_size % 32:
+                raise ConfigError(f"algorithm.group_size={a.group_size} must be a multiple of 32 for the ExecuTorch "
+                                  "export (XNNPACK's INT4 group-wise kernels), or set algorithm.export_pte=false")
         if a.mlp_size % a.group_size:
             raise ConfigError(f"algorithm.mlp_size={a.mlp_size} must be a multiple of algorithm.group_size="
                               f"{a.group_size} (INT4 groups run along the MLP input)")
@@ -126,13 +139,13 @@ class Stages:
         self.latency_input = torch.tensor([ids])
         self.rows: dict[str, dict[str, Any]] = {}
 
-    def measure(self, name: str, model: Any, export_to: Path | None = None) -> dict[str, Any]:
-        metrics, _ = evaluate_guard(model, self.prompter, self.test, self.a.max_new_tokens, self.a.eval_batch_size)
-        if export_to is None:
-            with tempfile.TemporaryDirectory() as d:
-                size = compress.export_model(model, Path(d) / "model.safetensors")
-        else:
-            size = compress.export_model(model, export_to)
+    def measure(self, name: str, model: Any, pte: Path | None = None) -> dict[str, Any]:
+        """Metrics, parameters, bytes (INT4 weights packed two per byte: the same measure for every stage) and CPU
+        latency of ``model``; with ``pte``, also of the ExecuTorch program exported there (:meth:`measure_pte`)."""
+        metrics, outputs = evaluate_guard(model, self.prompter, self.test, self.a.max_new_tokens,
+                                          self.a.eval_batch_size)
+        with tempfile.TemporaryDirectory() as d:
+            size = compress.export_model(model, Path(d) / "model.safetensors")
         lat = compress.cpu_latency(model, self.latency_input.to(model.device), self.a.latency_new_tokens,
                                    self.a.latency_repeats)
         row = {"params": compress.count_parameters(model), "bytes": size, "f1": metrics["f1"], "fpr": metrics["fpr"],
@@ -140,13 +153,33 @@ class Stages:
                "malformed": metrics["malformed"], **lat}
         if "per_category" in metrics:
             row["per_category_f1"] = {c: v["f1"] for c, v in metrics["per_category"].items()}
+        if pte is not None:
+            row.update(self.measure_pte(model, pte, outputs.texts))
         return row
 
-    def run(self, name: str, model: Any, export_to: Path | None = None) -> dict[str, Any]:
+    def measure_pte(self, model: Any, path: Path, texts: list[str]) -> dict[str, Any]:
+        """Export ``model`` to ``path`` and evaluate the file in the ExecuTorch runtime: its size, F1/FPR/AUPRC,
+        the share of test items whose parsed verdict equals the in-memory model's (``texts``), and its latency."""
+        from runner.guard.export import PteGuard, classify_pte, export_pte, pte_latency
+
+        size = export_pte(model, path, model.config.max_position_embeddings)
+        pte = PteGuard(path)
+        outputs = classify_pte(pte, self.prompter, self.test, self.a.max_new_tokens)
+        m = score(self.test, outputs, self.prompter.categories, self.prompter.categories_expected)
+        p = self.prompter
+        same = [parse_output(x, p.categories, p.categories_expected) == parse_output(y, p.categories,
+                                                                                     p.categories_expected)
+                for x, y in zip(texts, outputs.texts)]
+        lat = pte_latency(pte, self.latency_input[0].tolist(), self.a.latency_new_tokens, self.a.latency_repeats)
+        return {"pte_bytes": size, "f1_pte": m["f1"], "fpr_pte": m["fpr"], "auprc_pte": m["auprc"],
+                "malformed_pte": m["malformed"], "agreement": sum(same) / len(same),
+                "pte_ttft_s": lat["ttft_s"], "pte_decode_tokens_per_s": lat["decode_tokens_per_s"]}
+
+    def run(self, name: str, model: Any, pte: Path | None = None) -> dict[str, Any]:
         """The stage's row: from its done marker on resume, else measured now and marked done."""
         done = self.ctx.checkpoints.done(name)
         if done is None:
-            done = self.measure(name, model, export_to)
+            done = self.measure(name, model, pte)
             self.ctx.log({k: v for k, v in done.items() if isinstance(v, (int, float))}, len(self.rows), "stages")
             self.ctx.checkpoints.mark_done(name, done)
         self.rows[name] = done
@@ -241,18 +274,20 @@ def run_llamaguard_1b_int4(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     _train(ctx, "qat", student, data, tcfg(a.qat_steps, a.qat_lr, a.distill_ratio), pad, teacher)
     compress.qat(student, a.group_size, "convert", a.quantize_embedding)
     final_name = "int4"
-    stages.run("int4", student, None if a.prune_output else ctx.path("export", "guard_int4.safetensors"))
+    pte = ctx.path("export", "guard_int4.pte") if a.export_pte else None
+    stages.run("int4", student, None if a.prune_output else pte)
 
-    # 6. output-layer pruning + 7. export
+    # 6. output-layer pruning + 7. ExecuTorch export, evaluated from the file
     kept: list[int] = []
     if a.prune_output:
         kept = output_token_ids(tok, cats)
         compress.prune_output_layer(student, kept)
         final_name = "int4_output_pruned"
-        stages.run(final_name, student, ctx.path("export", "guard_int4.safetensors"))
+        stages.run(final_name, student, pte)
 
     table = {k: {c: v for c, v in row.items() if c != "per_category_f1"} for k, row in stages.rows.items()}
-    cols = ["stage", "params", "bytes", "f1", "fpr", "auprc", "malformed", "ttft_s", "decode_tokens_per_s"]
+    cols = ["stage", "params", "bytes", "f1", "fpr", "auprc", "malformed", "ttft_s", "decode_tokens_per_s",
+            "pte_bytes", "f1_pte", "agreement", "pte_decode_tokens_per_s"]
     (ctx.dir / "stages.md").write_text(markdown_table([{"stage": k, **v} for k, v in table.items()], cols))
     names = list(table)
     ctx.plot("stage_size_f1", {"F1": (list(range(len(names))), [table[n]["f1"] for n in names]),

@@ -1,5 +1,6 @@
 """llamaguard_1b_int4 learns: on a reduced embedded default the trained guard ranks held-out items far above
-chance, and the INT4 student loses at most 0.02 F1 against it (the recipe's claim student_close_to_teacher).
+chance, the INT4 student loses at most 0.02 F1 against it (the recipe's claim student_close_to_teacher), and its
+ExecuTorch program, run from the file, scores within 0.01 F1 of it.
 
 Reduced: two hazard categories, 960 items (720 train, 240 held out), the lexical part of the toy world only
 (compositional_fraction=0; the word-order items need over 1,200 steps, far beyond a CI test's minute), 400 + 60 + 30
@@ -33,3 +34,7 @@ def test_guard_learns_and_int4_student_stays_close(tmp_path):
     assert student["f1"] >= teacher["f1"] - 0.02, (student["f1"], teacher["f1"])
     assert student["auprc"] >= teacher["auprc"] - 0.05, (student["auprc"], teacher["auprc"])  # ranking: looser
     assert r["student"]["stage"] == "int4_output_pruned" and r["student"]["bytes"] < r["teacher"]["bytes"] / 4
+    # the deployable artifact: the .pte run in the ExecuTorch runtime scores the test set like the in-memory model
+    assert (tmp_path / "export" / "guard_int4.pte").stat().st_size == student["pte_bytes"]
+    assert abs(student["f1_pte"] - student["f1"]) <= 0.01 and student["agreement"] >= 0.98, student
+    assert abs(student["auprc_pte"] - student["auprc"]) <= 0.01, student

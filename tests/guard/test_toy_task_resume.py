@@ -13,7 +13,7 @@ from runner.core.report import comparable_results
 from tests.conftest import kill_runner_when, logged_records, run_cli
 
 REDUCED = ["run.smoke=true", "run.progress=false", "algorithm.source_steps=24", "algorithm.distill_steps=12",
-           "algorithm.qat_steps=12", "algorithm.checkpoint_every=4"]
+           "algorithm.qat_steps=12", "algorithm.checkpoint_every=4", "algorithm.export_pte=false"]
 
 
 def _stage_steps(path: Path, stage: str) -> list[int]:

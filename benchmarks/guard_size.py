@@ -4,8 +4,10 @@ Builds Llama Guard 3-1B from a ``LlamaConfig`` with the published dimensions (16
 32 heads / 8 KV heads, vocab 128,256, tied embeddings); nothing is downloaded. It exports the bf16 model, then
 applies the pipeline's structural steps (16 → 12 blocks, MLP 8192 → 6400), torchao 8da4w QAT prepare + convert
 (group size 256, INT4 embeddings), output-layer pruning to the guard's ~20 output tokens, and exports again with
-INT4 weights packed two per byte. Sizes are the files' sizes. The paper reports 440 MB, about 7× smaller than
-Llama Guard 3-1B; its bf16 baseline stores the output layer apart from the embedding (``--untied``).
+INT4 weights packed two per byte (fp32 scales and int8 zero points kept: the pipeline's per-stage size measure).
+Sizes are the files' sizes. The paper reports 440 MB, about 7× smaller than Llama Guard 3-1B; its bf16 baseline
+stores the output layer apart from the embedding (``--untied``). The deployable ExecuTorch program (bf16/fp16
+scales, no zero points) is measured, and timed, by ``benchmarks/guard_speed.py``.
 
     python benchmarks/guard_size.py [--untied] [--keep-layers 12] [--mlp 6400] [--group-size 256]
 """

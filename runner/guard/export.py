@@ -89,15 +89,14 @@ def _last_logits_module(model: Any, max_len: int) -> nn.Module:
 @torch.no_grad()
 def export_pte(model: Any, path: Path | str, max_len: int, copy_model: bool = True) -> int:
     """Write ``model`` (a converted torchao 8da4w ``LlamaForCausalLM``) as an ExecuTorch program with a KV cache
-    of ``max_len`` positions; returns the file size in bytes. ``copy_model=False`` transforms ``model`` in place
-    (for models too large to copy)."""
+    of ``max_len`` positions (prompt and answer together); returns the file size in bytes. The program runs on
+    CPU. ``copy_model=False`` transforms ``model`` in place (for models too large to copy)."""
     require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackDynamicallyQuantizedPartitioner
     from executorch.exir import EdgeCompileConfig, ExecutorchBackendConfig, to_edge_transform_and_lower
     from torchao.utils import unwrap_tensor_subclass
 
-    model = copy.deepcopy(model) if copy_model else model
-    model.eval()
+    model = (copy.deepcopy(model) if copy_model else model).cpu().eval()
     emb = model.get_input_embeddings()
     if getattr(emb.weight, "target_dtype", None) == torch.int4:
         model.set_input_embeddings(Int4Embedding(emb.weight))

@@ -162,7 +162,12 @@ class Stages:
         the share of test items whose parsed verdict equals the in-memory model's (``texts``), and its latency."""
         from runner.guard.export import PteGuard, classify_pte, export_pte, pte_latency
 
-        size = export_pte(model, path, model.config.max_position_embeddings)
+        tok, new = self.prompter.tokenizer, max(self.a.max_new_tokens, self.a.latency_new_tokens)
+        prompts, _ = self.prompter.prompts(self.test, self.a.max_new_tokens)
+        longest = max([len(tok(t, add_special_tokens=False)["input_ids"]) for t in prompts]
+                      + [self.latency_input.shape[1]])
+        # the KV cache holds the longest prompt and its answer (not the model's whole context: 128k for Llama 3)
+        size = export_pte(model, path, min(model.config.max_position_embeddings, longest + new + 1))
         pte = PteGuard(path)
         outputs = classify_pte(pte, self.prompter, self.test, self.a.max_new_tokens)
         m = score(self.test, outputs, self.prompter.categories, self.prompter.categories_expected)

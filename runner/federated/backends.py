@@ -63,8 +63,10 @@ def _vocab(dataset: dict[str, Any]) -> int | None:
 
 def run_chunk(trainer: LocalTrainer, jobs: Sequence[TrainJob]) -> torch.Tensor:
     """Δ of one chunk of jobs, stacked [len(jobs), P] (plans the jobs lack are derived, a batch at a time)."""
-    return trainer.train_clients(torch.stack([j.x0 for j in jobs]), [j.cid for j in jobs], [j.draw for j in jobs],
-                                 [j.plan for j in jobs])
+    first = jobs[0].x0
+    same = all(j.x0 is first for j in jobs)  # one global model version: no copy per client
+    x0s = first.expand(len(jobs), -1) if same else torch.stack([j.x0 for j in jobs])
+    return trainer.train_clients(x0s, [j.cid for j in jobs], [j.draw for j in jobs], [j.plan for j in jobs])
 
 
 def chunks(jobs: Sequence[TrainJob], size: int) -> list[Sequence[TrainJob]]:

@@ -37,19 +37,19 @@ class MLPKernel:
               steps: np.ndarray, lr: float) -> torch.Tensor:
         """Δ of n clients: start parameters x0s [n, P]; step s of client i uses rows ``idx[i, s]`` of the
         example pool (xs, ys) where ``mask[i, s]`` is 1, for ``steps[i]`` steps; mean cross-entropy per step."""
-        n = x0s.shape[0]
         steps = np.asarray(steps)
         order = np.argsort(-steps, kind="stable")
         # active[s]: clients with more than s steps, a prefix of `order`
         active = (steps[:, None] > np.arange(int(steps.max(initial=0)))[None]).sum(0)
         o = torch.from_numpy(order)
-        x = x0s[o]
-        wts, bs, off = [], [], 0  # per-client weights transposed, [n, in, out], and biases [n, out]
+        wts, bs, views, off = [], [], [], 0  # per-client weights transposed [n, in, out] and biases [n, out]
         for out_f, in_f in self.shapes:
-            wts.append(x[:, off:off + out_f * in_f].reshape(n, out_f, in_f).transpose(1, 2).contiguous())
-            off += out_f * in_f
-            bs.append(x[:, off:off + out_f].clone())
-            off += out_f
+            w_view = x0s[:, off:off + out_f * in_f].unflatten(1, (out_f, in_f)).transpose(1, 2)
+            b_view = x0s[:, off + out_f * in_f:off + out_f * in_f + out_f]
+            wts.append(torch.index_select(w_view, 0, o, out=x0s.new_empty(w_view.shape)))  # reorder + transpose
+            bs.append(b_view.index_select(0, o))
+            views.append((off, out_f, in_f))
+            off += out_f * in_f + out_f
         idx, mask = idx[o], mask[o]
         xs = xs.reshape(xs.shape[0], -1)
         last = len(wts) - 1
@@ -72,10 +72,8 @@ class MLPKernel:
                     dz = torch.bmm(dz, wts[li][:m].transpose(1, 2)).mul_(a_in > 0)
                 wts[li][:m].sub_(gw, alpha=lr)
                 bs[li][:m].sub_(gb, alpha=lr)
-        out, off = torch.empty_like(x0s), 0
-        for wt, b in zip(wts, bs):
-            k = wt.shape[1] * wt.shape[2]
-            out[o, off:off + k] = wt.transpose(1, 2).reshape(n, k)
-            out[o, off + k:off + k + b.shape[1]] = b
-            off += k + b.shape[1]
+        out = torch.empty(x0s.shape, dtype=x0s.dtype)
+        for (off, out_f, in_f), wt, b in zip(views, wts, bs):  # back to the flat layout and the callers' order
+            out[:, off:off + out_f * in_f].unflatten(1, (out_f, in_f)).transpose(1, 2).index_copy_(0, o, wt)
+            out[:, off + out_f * in_f:off + out_f * in_f + out_f].index_copy_(0, o, b)
         return out.sub_(x0s)

@@ -238,9 +238,14 @@ class Simulator:
             deltas = self.backend.train([TrainJob(o.cid, o.id, o.base, o.plan) for o in batch])
             for i, o in enumerate(batch):
                 deltas[i] = self._inject_fault(o, deltas[i])
-            finite = torch.isfinite(deltas).all(1).tolist()  # validate the whole batch at once
-            small = (deltas.norm(dim=1) <= self._max_norm).tolist()
-            for o, d, f, ok in zip(batch, deltas, finite, small):
+            norms = deltas.norm(dim=1)  # validate the whole batch at once: NaN/inf rows have a non-finite norm
+            small = (norms <= self._max_norm).tolist()
+            odd = torch.isfinite(norms).logical_not().nonzero().flatten().tolist()
+            finite = dict.fromkeys(odd, False)
+            for i in odd:  # a non-finite norm: a NaN/inf entry, or finite entries whose squares overflow
+                finite[i] = bool(torch.isfinite(deltas[i]).all())
+            for i, (o, d, ok) in enumerate(zip(batch, deltas, small)):
+                f = finite.get(i, True)
                 o.delta, o.check = d, 0 if f and ok else (1 if not f else 2)
                 o.plan = None  # the shard is no longer needed
         return task.delta

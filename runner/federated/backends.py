@@ -86,7 +86,8 @@ class LocalBackend:
         self.trainer, self.size = trainer, clients_per_task
 
     def train(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
-        return torch.cat([run_chunk(self.trainer, c) for c in chunks(jobs, self.size)])
+        parts = [run_chunk(self.trainer, c) for c in chunks(jobs, self.size)]
+        return parts[0] if len(parts) == 1 else torch.cat(parts)
 
     def close(self) -> None:
         pass

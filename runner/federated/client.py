@@ -264,9 +264,9 @@ class LocalTrainer:
         if self.kernel is None or not self.cfg.vectorize:
             return self.train(x0s, bp.plans(self.data.x, self.data.y))
         m = self.cfg.max_batch
-        deltas = torch.cat([self.kernel.train(x0s[i:i + m], self.data.x, self.data.y, bp.idx[i:i + m],
-                                              bp.mask[i:i + m], bp.steps[i:i + m], self.lr)
-                            for i in range(0, len(bp.steps), m)])
+        parts = [self.kernel.train(x0s[i:i + m], self.data.x, self.data.y, bp.idx[i:i + m], bp.mask[i:i + m],
+                                   bp.steps[i:i + m], self.lr) for i in range(0, len(bp.steps), m)]
+        deltas = parts[0] if len(parts) == 1 else torch.cat(parts)
         return deltas if self.codec is None else self.codec(x0s, deltas, bp.plans(self.data.x, self.data.y))
 
     # ------------------------------------------------------------------ evaluation

@@ -81,7 +81,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         **{n: _e("runner.data.safety:SafetyDatasetConfig")
            for n in ("toy_safety", "safety_eval_paper", "safety_rl_paper", "xstest", "strongreject", "harmbench",
                      "advbench", "wildjailbreak", "wildjailbreak_eval", "or_bench_hard_1k", "or_bench_80k",
-                     "or_bench_toxic", "fortress", "beavertails", "toxicchat", "openai_moderation")},
+                     "or_bench_toxic", "fortress", "beavertails", "toxicchat", "openai_moderation",
+                     "recap_paper")},
     },
     "schema.hardware": {},
     "schema.privacy": {},
@@ -109,6 +110,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
         "llama_guard": _e("runner.safety.judges:LlamaGuardJudge"),
         "wildguard": _e("runner.safety.judges:WildGuardJudge"),
         "strongreject": _e("runner.safety.judges:StrongRejectJudge"),
+        "granite_guardian": _e("runner.safety.recap_rewards:GraniteGuardianJudge"),
     },
     "embedder": {
         "minilm": _e("runner.privacy.embedders:MiniLMEmbedder"),

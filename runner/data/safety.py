@@ -273,6 +273,12 @@ def _math(source: str) -> Callable[[Row], list[SafetyRecord]]:
     return convert
 
 
+def _star_benign(r: Row) -> list[SafetyRecord]:
+    """STAR-benign (UCSC-VLAA): benign prompts that resemble STAR-1's harmful ones (overrefusal)."""
+    return [SafetyRecord(_s(r["question"]), False, category=_s(r.get("category")) or "none",
+                         family="benign_sensitive", source="star_benign")]
+
+
 def _lay(name: str, required: tuple[str, ...], convert: Callable[[Row], list[SafetyRecord]],
          labels: dict[str, frozenset[str]] | None = None) -> Layout:
     return Layout(name, required, _each(convert), labels or {})
@@ -326,6 +332,13 @@ LOADERS: dict[str, LoaderSpec] = {
         _lay("MATH", ("problem", "solution"), _math("math")),)),
     "math500": LoaderSpec("HuggingFaceH4/MATH-500", None, "test", (
         _lay("MATH-500", ("problem", "solution", "answer"), _math("math500")),)),
+    # RECAP's data: STAR-1's 1K harmful prompts (and its benign counterparts), AIME problems with answers
+    "star1": LoaderSpec("UCSC-VLAA/STAR-1", None, "train", (
+        _lay("STAR-1", ("question", "category"), _harmful("star1", "question", "category")),)),
+    "star_benign": LoaderSpec("UCSC-VLAA/STAR-benign-915", None, "train", (
+        _lay("STAR-benign-915", ("question",), _star_benign),)),
+    "aime": LoaderSpec("AI-MO/aimo-validation-aime", None, "train", (
+        _lay("aimo-validation-aime or aime_2024", ("problem", "answer"), _math("aime")),)),
 }
 
 

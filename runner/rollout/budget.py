@@ -75,6 +75,8 @@ KNOWN: dict[str, Arch] = {
     "meta-llama/Llama-Guard-3-8B": Arch(4096, 14336, 32, 32, 8, 128256),
     "meta-llama/Llama-Guard-3-1B": Arch(2048, 8192, 16, 32, 8, 128256, tied=True),
     "allenai/wildguard": Arch(4096, 14336, 32, 32, 8, 32000),
+    "deepseek-ai/DeepSeek-R1-Distill-Llama-8B": Arch(4096, 14336, 32, 32, 8, 128256),
+    "ibm-granite/granite-guardian-3.1-8b": Arch(4096, 12800, 40, 32, 8, 49155, tied=True),
 }
 
 
@@ -140,7 +142,8 @@ def _llm_judges(algo: Any) -> dict[str, Any]:
     from runner.safety.judges import judge_model_config
 
     found = {}
-    for key, node in (("judge", algo.get("judge")), ("guard", algo.get("guard")),
+    for key, node in (("judge", algo.get("judge")), ("refusal_judge", algo.get("refusal_judge")),
+                      ("guard", algo.get("guard")),
                       ("guard", (algo.get("baselines") or {}).get("guard"))):
         if node is not None and node.get("name") not in (None, "auto", "rule", "refusal_string", "learned"):
             found[key] = judge_model_config(node)
@@ -155,11 +158,11 @@ def _policies(cfg: Any) -> tuple[list[str], list[str], float]:
         single = a.baselines.get("single_model_rl_steps")
         trained = ["conversation", "feedback"] + ([] if single == 0 else ["single_model_rl"])
         return trained, ["+".join(trained)] if lora_of(a) is not None else list(trained), float(a.rl.beta)
-    if a.name == "safety_rl":  # our evaluation engine and TRL's colocated one
+    if a.name in ("safety_rl", "recap"):  # our evaluation engine and TRL's colocated one (recap: one run at a time)
         return ["policy"], ["policy", "grpo"], float(a.grpo.beta)
     if a.name == "smoke":
         return ["policy"], ["policy"], 0.0
-    if a.name in ("safety_eval", "safety_eval_guarded"):
+    if a.name in ("safety_eval", "safety_eval_guarded", "recap_eval"):
         return [], ["policy"], 0.0
     return [], [], 0.0
 

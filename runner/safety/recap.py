@@ -149,17 +149,22 @@ def training_prompts(records: list[SafetyRecord], harmful_fraction: float | None
 
 
 def build_reasoning_policy(cfg: DictConfig, ctx: RunContext, sets: ReasoningSets) -> tuple[Any, Any]:
-    """tiny_lm with the reasoning template, warm-started on the reasoning corpus; or an HF model as it is."""
-    from runner.models.builder import build_model_and_tokenizer
+    """tiny_lm with the reasoning template, warm-started on the reasoning corpus (``model.tokenizer=bpe``: a BPE
+    trained on that corpus); or an HF model as it is."""
+    from runner.models.builder import build_model, build_tokenizer
     from runner.models.finetune import finetune, token_stream
+    from runner.models.tokenizer import byte_tokenizer
 
     a = cfg.algorithm
-    model, tok = build_model_and_tokenizer(cfg.model, cfg.hardware)
-    use_reasoning_template(tok)
-    if a.warm_start.steps > 0:
+    texts: list[str] = []
+    if a.warm_start.steps > 0 or (cfg.model.kind == "tiny" and cfg.model.tokenizer == "bpe"):
         world = sets.world or ReasoningToyWorld(toy_world(cfg.dataset), ReasoningCorpusConfig(**a.corpus))
-        texts = world.warm_start_corpus(tok, a.warm_start.examples, ctx.seed,
+        # rendered with the reasoning template of the byte tokenizer: the same text any built tokenizer renders
+        texts = world.warm_start_corpus(use_reasoning_template(byte_tokenizer()), a.warm_start.examples, ctx.seed,
                                         WarmStartMix.from_mapping(cfg.dataset.params.get("mix")), a.system_prompt)
+    tok = use_reasoning_template(build_tokenizer(cfg.model, texts or None))
+    model = build_model(cfg.model, tok, cfg.hardware)
+    if a.warm_start.steps > 0:
         finetune(model, token_stream(texts, tok), a.warm_start, ctx, stage="warm_start")
     return model, tok
 

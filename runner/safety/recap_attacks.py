@@ -71,9 +71,11 @@ class ReasoningModel:
             rolls = self.complete(texts, f"{tag}/round{r}")
             for g, roll in zip(generated, rolls):
                 g.append(roll.text)
-            out.append([SystemResponse(answer_of(x.text) or "", {"answered": answer_of(x.text) is not None,
-                                                                  "truncated": x.finish_reason == "length"})
-                        for x in rolls])
+            # the round's reasoning is its prefill plus the continuation (a hijack prefill closes it already)
+            answers = [answer_of((p or "") + x.text) for p, x in zip(prefills, rolls)]
+            out.append([SystemResponse(a or "", {"answered": a is not None, "truncated": x.finish_reason == "length",
+                                                  "completion": x.text})
+                        for a, x in zip(answers, rolls)])
         return out
 
 

@@ -27,7 +27,7 @@ HELP, REFUSE = "i will help.", "i must refuse."
 OVERRIDE = "wait,"
 
 MATH_TRAIN_TEMPLATES = ("what is {a} plus {b}?", "add {a} and {b}.")
-MATH_TEST_TEMPLATES = ("compute {a} plus {b}.",)
+MATH_TEST_TEMPLATES = ("compute {a} plus {b}.", "how much is {a} plus {b}?")
 
 
 def reasoning_text(helps: bool, override: bool = False) -> str:

@@ -26,8 +26,8 @@ SAFE_OBS, HARMFUL_OBS = "it is fine.", "it is harmful."
 HELP, REFUSE = "i will help.", "i must refuse."
 OVERRIDE = "wait,"
 
-MATH_TRAIN_TEMPLATES = ("what is {a} plus {b}?", "add {a} and {b}.")
-MATH_TEST_TEMPLATES = ("compute {a} plus {b}.", "how much is {a} plus {b}?")
+MATH_TRAIN_TEMPLATES = ("what is {a} plus {b}?", "add {a} and {b}.", "compute {a} plus {b}.")
+MATH_TEST_TEMPLATES = ("how much is {a} plus {b}?", "what's {a} plus {b}?")
 
 
 def reasoning_text(helps: bool, override: bool = False) -> str:

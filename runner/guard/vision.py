@@ -3,8 +3,10 @@ image / response attacks (recipes ``guard_vision``, ``guard_vision_eval``, ``gua
 
 1. Data: image + prompt (+ response) items (:mod:`runner.data.vision_moderation`), split into train and held-out
    test (the toy world's own held-out part, else a seeded split).
-2. Guard: a tiny Mllama guard built from config and trained on the answers (``safe`` / ``unsafe\\nS9``) of the
-   training items rendered in the released Vision template, or a released checkpoint evaluated as is.
+2. Guard: a released checkpoint evaluated as is, or a tiny Mllama guard built from config. The released guard is
+   a fine-tuned pretrained VLM; the tiny one is likewise first pretrained as a VLM (image captioning of the
+   training images: "A picture of a" → the object), then trained on the answers (``safe`` / ``unsafe\\nS9``) of
+   the training items rendered in the released Vision template.
 3. Evaluation per task (prompt / response classification): greedy verdicts parsed as for the text guard →
    precision, recall, F1, FPR, per-category metrics; P(unsafe) at the verdict position → AUPRC, threshold curves.
 4. Baselines: the same guard with the image removed (text-only; how much the image matters), a bag-of-words

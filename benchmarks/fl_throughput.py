@@ -109,8 +109,9 @@ def end_to_end(trainer: LocalTrainer, concurrency: int, updates: int, mode: str 
 
 
 def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2, 4),
-                per_task: int = 256) -> dict[str, Any]:
-    """Updates/s of the Ray backend with 1, 2, 4 local actors on one batch of ``clients``; utilisation."""
+                per_task: int = 256, repeats: int = 3) -> dict[str, Any]:
+    """Updates/s of the Ray backend with 1, 2, 4 local actors on one batch of ``clients`` (best of ``repeats``);
+    utilisation = the actors' training time / (actors × wall time)."""
     import ray
 
     from runner.federated.backends import RayBackend
@@ -124,11 +125,15 @@ def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 
         for w in workers:
             backend = RayBackend(spec, per_task, w)
             backend.train(jobs[: per_task * w])  # actors built and warm
-            backend.reset_stats()
-            t0 = time.perf_counter()
-            backend.train(jobs)
-            dt = time.perf_counter() - t0
-            out[str(w)] = {"updates_per_s": clients / dt, "utilisation": backend.utilisation()}
+            best = None
+            for _ in range(repeats):  # best of a few: the machine is shared
+                backend.reset_stats()
+                t0 = time.perf_counter()
+                backend.train(jobs)
+                dt = time.perf_counter() - t0
+                if best is None or dt < best[0]:
+                    best = (dt, backend.utilisation())
+            out[str(w)] = {"updates_per_s": clients / best[0], "utilisation": best[1]}
             backend.close()
     finally:
         ray.shutdown()

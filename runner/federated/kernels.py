@@ -65,13 +65,11 @@ class MLPKernel:
             dz.scatter_add_(-1, ys.index_select(0, ix.reshape(-1)).view(m, -1, 1), -torch.ones_like(mb).unsqueeze(-1))
             dz.mul_((mb / mb.sum(1, keepdim=True).clamp_min(1.0)).unsqueeze(-1))
             for li in range(last, -1, -1):
-                a_in = acts[li]
-                gw = torch.bmm(a_in.transpose(1, 2), dz)  # [m, in, out]
-                gb = dz.sum(1)
-                if li > 0:
-                    dz = torch.bmm(dz, wts[li][:m].transpose(1, 2)).mul_(a_in > 0)
-                wts[li][:m].sub_(gw, alpha=lr)
-                bs[li][:m].sub_(gb, alpha=lr)
+                a_in, w, grad_out = acts[li], wts[li][:m], dz
+                bs[li][:m].sub_(dz.sum(1), alpha=lr)
+                if li > 0:  # back-propagate through the weights before their step
+                    dz = torch.bmm(dz, w.transpose(1, 2)).mul_(a_in > 0)
+                w.baddbmm_(a_in.transpose(1, 2), grad_out, alpha=-lr)  # W ← W - lr · a^T dz, [m, in, out]
         out = torch.empty(x0s.shape, dtype=x0s.dtype)
         for (off, out_f, in_f), wt, b in zip(views, wts, bs):  # back to the flat layout and the callers' order
             out[:, off:off + out_f * in_f].unflatten(1, (out_f, in_f)).transpose(1, 2).index_copy_(0, o, wt)

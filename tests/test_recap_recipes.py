@@ -30,10 +30,8 @@ def test_recap_paper_composes_and_passes_memory_preflight():
 
 @pytest.mark.parametrize("overrides,match", [
     (["algorithm.prefill.alpha=1.5"], "alpha"),
-    (["algorithm.prefill.length=0"], "prefill.length"),
     (["algorithm.grpo.epsilon_high=0.1"], "epsilon_high"),
     (["algorithm.eval.attacks=[direct,jailbreak]"], "attacks"),
-    (["algorithm.grpo.num_generations=1"], "num_generations"),
 ])
 def test_bad_recap_configs_fail_with_one_line(overrides, match):
     with pytest.raises(ConfigError, match=match):
@@ -56,8 +54,9 @@ def test_recap_smoke_run_end_to_end(tmp_path):
     from runner.core.cli import run_recipe
     from runner.safety.judges import classify_toy_response
 
-    r = run_recipe("recap", ["run.smoke=true", "run.progress=false", "algorithm.warm_start.batch_size=8"],
-                   run_dir=tmp_path)
+    r = run_recipe("recap", ["run.smoke=true", "run.progress=false", "algorithm.warm_start.batch_size=8",
+                             "dataset.params.categories=[S1,S9]", "dataset.params.topics_per_category=1",
+                             "algorithm.corpus.max_operand=1"], run_dir=tmp_path)
     assert set(r["systems"]) == {"base", "dapo", "recap"}
     for name, m in r["systems"].items():
         assert set(m["asr_ipr"]) == {"1", "2"} and 0.0 <= m["orr"] <= 1.0

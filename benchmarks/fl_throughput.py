@@ -50,14 +50,15 @@ def workload_spec(population: int = POPULATION, max_batch: int = 1024) -> Traine
                        plain(OmegaConf.structured(client)), 0)
 
 
-def sequential_loop(trainer: LocalTrainer, clients: int) -> float:
-    """Updates/s of a plain PyTorch loop: per client, load the global model, SGD over its minibatches, Δ."""
+def sequential_loop(trainer: LocalTrainer, clients: int) -> tuple[float, float]:
+    """Updates per second (wall, CPU) of a plain PyTorch loop: per client, load the global model, SGD over its
+    minibatches, Δ."""
     model = trainer.model
     x0 = trainer.space.flatten(model)
     bp = trainer.plan_many(np.arange(clients) + 10**7, np.arange(clients))
     plans = bp.plans(trainer.data.x, trainer.data.y)
     opt = torch.optim.SGD(model.parameters(), lr=trainer.lr)
-    t0 = time.perf_counter()
+    cpu0, t0 = time.process_time(), time.perf_counter()
     for p in plans:
         torch.nn.utils.vector_to_parameters(x0, model.parameters())
         for idx, mask in zip(p.idx, p.mask):
@@ -67,9 +68,9 @@ def sequential_loop(trainer: LocalTrainer, clients: int) -> float:
             loss.backward()
             opt.step()
         _ = torch.nn.utils.parameters_to_vector(model.parameters()) - x0
-    dt = time.perf_counter() - t0
+    wall, cpu = time.perf_counter() - t0, time.process_time() - cpu0
     torch.nn.utils.vector_to_parameters(x0, model.parameters())
-    return clients / dt
+    return clients / wall, clients / cpu
 
 
 def kernel_rate(trainer: LocalTrainer, clients: int) -> float:
@@ -193,7 +194,7 @@ def main() -> None:
     trainer = build_trainer(spec)
     out: dict[str, Any] = {"workload": "digits MLP 64-64-10, 1 local epoch, batch 10", "threads": 1,
                            "load_average_1min_before": os.getloadavg()[0]}
-    out["sequential_updates_per_s"] = sequential_loop(trainer, args.sequential_clients)
+    out["sequential_updates_per_s"], seq_cpu0 = sequential_loop(trainer, args.sequential_clients)
     out["kernel_updates_per_s"] = kernel_rate(trainer, args.kernel_clients)
     sync = end_to_end(trainer, args.concurrency, args.updates, "fedavg")
     out.update({"population": args.population, "concurrency": args.concurrency,
@@ -203,9 +204,12 @@ def main() -> None:
                 "client_updates": sync["client_updates"], "final_accuracy": sync["final_accuracy"]})
     out["fedbuff"] = end_to_end(trainer, args.concurrency, args.updates, "fedbuff")
     out["peak_rss_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    out["sequential_after_updates_per_s"] = sequential_loop(trainer, args.sequential_clients)
+    out["sequential_after_updates_per_s"], seq_cpu1 = sequential_loop(trainer, args.sequential_clients)
     seq = (out["sequential_updates_per_s"] + out["sequential_after_updates_per_s"]) / 2
+    out["sequential_updates_per_cpu_s"] = (seq_cpu0 + seq_cpu1) / 2
     out["end_to_end_over_sequential"] = out["end_to_end_updates_per_s"] / seq
+    # the same ratio in CPU time of this process (less sensitive to other jobs on a shared machine)
+    out["end_to_end_over_sequential_cpu"] = out["end_to_end_updates_per_cpu_s"] / out["sequential_updates_per_cpu_s"]
     out["fedbuff"]["over_sequential"] = out["fedbuff"]["updates_per_s"] / seq
     out["kernel_over_sequential"] = out["kernel_updates_per_s"] / seq
     out["load_average_1min_after"] = os.getloadavg()[0]
@@ -220,12 +224,14 @@ def main() -> None:
         return
     print(f"{out['workload']}; one thread; load average {out['load_average_1min_before']:.2f} → "
           f"{out['load_average_1min_after']:.2f}")
-    print(f"  plain sequential PyTorch loop : {seq:9.0f} client updates/s")
+    print(f"  plain sequential PyTorch loop : {seq:9.0f} client updates/s "
+          f"({out['sequential_updates_per_cpu_s']:.0f} per CPU-second)")
     print(f"  vectorised kernel (one call)  : {out['kernel_updates_per_s']:9.0f} client updates/s "
           f"({out['kernel_over_sequential']:.1f}x)")
     print(f"  FedAvg simulation end to end  : {out['end_to_end_updates_per_s']:9.0f} client updates/s "
           f"({out['end_to_end_over_sequential']:.1f}x; population {out['population']:,}, {out['concurrency']} "
-          f"clients a round, {out['client_updates']} updates, final accuracy {out['final_accuracy']:.3f})")
+          f"clients a round, {out['client_updates']} updates, final accuracy {out['final_accuracy']:.3f}); "
+          f"per CPU-second {out['end_to_end_updates_per_cpu_s']:.0f} ({out['end_to_end_over_sequential_cpu']:.1f}x)")
     fb = out["fedbuff"]
     print(f"  FedBuff simulation end to end : {fb['updates_per_s']:9.0f} client updates/s "
           f"({fb['over_sequential']:.1f}x; concurrency {out['concurrency']}, K = {out['concurrency'] // 10}, "

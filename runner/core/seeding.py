@@ -41,8 +41,8 @@ def _mix64(z: np.ndarray) -> np.ndarray:
     return z ^ (z >> np.uint64(31))
 
 
-def hash_uniform(seed: int, label: str, *counters: np.ndarray | int) -> np.ndarray:
-    """Counter-based uniforms in (0, 1), one per element of the broadcast non-negative integer ``counters``.
+def hash_u64(seed: int, label: str, *counters: np.ndarray | int) -> np.ndarray:
+    """Counter-based 64-bit hashes, one per element of the broadcast non-negative integer ``counters``.
 
     Each value is a pure function of ``(seed, label, counters)`` (SplitMix64 applied to a running hash), so a
     whole batch of clients draws its randomness in a few vectorised numpy operations, and a client gets the
@@ -53,4 +53,9 @@ def hash_uniform(seed: int, label: str, *counters: np.ndarray | int) -> np.ndarr
         h = np.full(np.broadcast_shapes(*(a.shape for a in arrays)), np.uint64(derive_seed(seed, label)), np.uint64)
         for a in arrays:
             h = _mix64(h ^ _mix64(a + _GOLDEN))
-    return ((h >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53
+    return h
+
+
+def hash_uniform(seed: int, label: str, *counters: np.ndarray | int) -> np.ndarray:
+    """Counter-based uniforms in (0, 1) from :func:`hash_u64` (its top 53 bits)."""
+    return ((hash_u64(seed, label, *counters) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0 ** -53

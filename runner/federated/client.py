@@ -22,7 +22,7 @@ from torch import nn
 from torch.func import functional_call, grad, vmap
 from torch.nn.utils.rnn import pad_sequence
 
-from runner.core.seeding import derive_seed, hash_uniform
+from runner.core.seeding import derive_seed, hash_u64
 from runner.data.federated import FederatedData
 from runner.federated.kernels import MLPKernel
 
@@ -66,6 +66,12 @@ class BatchPlan:
             out.append(TrainPlan(xs[rows.reshape(-1)], ys[rows.reshape(-1)], local, self.mask[i, :k].clone(),
                                  cid, draw))
         return out
+
+
+def _shuffle_within(row: np.ndarray, keys: np.ndarray) -> np.ndarray:
+    """The order that sorts each client's contiguous block of ``row`` by its 40-bit hash ``keys`` (one stable
+    integer sort; equal keys keep slot order, so a client's order does not depend on its batch)."""
+    return np.argsort((row.astype(np.uint64) << np.uint64(40)) | (keys >> np.uint64(24)), kind="stable")
 
 
 def _pad2(t: torch.Tensor, rows: int, cols: int) -> torch.Tensor:
@@ -161,8 +167,8 @@ class LocalTrainer:
             idx = np.zeros((n, int(steps.max(initial=0)), width), np.int64)
             mask = np.zeros(idx.shape, np.float32)
             for e in range(self.local_epochs):
-                keys = hash_uniform(self.seed, "local-sgd", cids[row], draws[row], e, slot)
-                perm = pool[np.lexsort((keys, row))]  # each client's rows stay contiguous, shuffled within
+                keys = hash_u64(self.seed, "local-sgd", cids[row], draws[row], e, slot)
+                perm = pool[_shuffle_within(row, keys)]  # each client's rows stay contiguous, shuffled within
                 step = e * per_epoch[row] + slot // b
                 idx[row, step, slot % b] = perm
                 mask[row, step, slot % b] = 1.0
@@ -173,8 +179,8 @@ class LocalTrainer:
             mask = np.zeros(idx.shape, np.float32)
             take = slot < b
             for s in range(self.local_steps):
-                keys = hash_uniform(self.seed, "local-sgd", cids[row], draws[row], s, slot)
-                perm = pool[np.lexsort((keys, row))]
+                keys = hash_u64(self.seed, "local-sgd", cids[row], draws[row], s, slot)
+                perm = pool[_shuffle_within(row, keys)]
                 idx[row[take], s, slot[take]] = perm[take]
                 mask[row[take], s, slot[take]] = 1.0
         return BatchPlan(cids, draws, torch.from_numpy(idx), torch.from_numpy(mask), steps)

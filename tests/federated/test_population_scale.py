@@ -19,7 +19,7 @@ from scipy import stats
 from runner.core.cli import compose_recipe
 from runner.core.errors import ConfigError
 from runner.core.seeding import hash_uniform
-from runner.data.federated import FederatedDatasetConfig, build_federated_data
+from runner.data.federated import FederatedDatasetConfig, build_federated_data, hashed_gamma
 from runner.federated.aggregators import make_server
 from runner.federated.backends import LocalBackend, build_trainer
 from runner.federated.models import FLModelConfig
@@ -35,6 +35,14 @@ def test_hash_uniform_is_uniform_batch_invariant_and_label_separated():
     pairs = hash_uniform(3, "a", np.arange(1000)[:, None], np.arange(2)[None])
     assert abs(np.corrcoef(pairs[:, 0], pairs[:, 1])[0, 1]) < 0.1  # the counters are mixed, not shifted
     assert abs(np.corrcoef(u[:1000], hash_uniform(3, "b", np.arange(1000)))[0, 1]) < 0.1
+
+
+@pytest.mark.parametrize("alpha", [0.3, 2.5])
+def test_hashed_gamma_follows_scipys_gamma(alpha):
+    g = hashed_gamma(0, "t", alpha, np.arange(100_000))
+    assert stats.kstest(g, "gamma", args=(alpha,)).pvalue > 1e-3
+    assert abs(g.mean() - alpha) < 0.03 * alpha and np.isfinite(g).all() and (g >= 0).all()
+    assert hashed_gamma(0, "t", alpha, np.array([777]))[0] == g[777]
 
 
 def test_hashed_shards_follow_the_dirichlet_and_lognormal_laws():

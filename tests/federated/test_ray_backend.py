@@ -60,4 +60,4 @@ def test_simulation_on_ray_equals_local(backend, make_sim_cfg, make_server_cfg):
     local, remote = results
     assert remote.counters == local.counters and remote.history == local.history
     assert torch.equal(remote.final_model, local.final_model)
-    assert local.counters.dropouts > 0 and local.history[-1].accuracy > local.history[0].accuracy
+    assert local.counters.dropouts > 0 and local.history[-1].loss < local.history[0].loss  # it trained

@@ -70,6 +70,7 @@ def test_nanogcg_drives_the_guard_on_a_response_suffix(tiny_guard):
     ex = next(e for e in items if e.response is not None)
     res = gcg_attack(model, prompter, [ex], steps=2, search_width=8, topk=4, suffix_len=3, seed=0)
     assert len(res.suffixes) == 1 and res.suffixes[0].strip()
+    assert not any(t in res.suffixes[0] for t in prompter.tokenizer.get_added_vocab())  # text only, no specials
     attacked = type(ex)(**{**ex.__dict__, "response": f"{ex.response} {res.suffixes[0]}"})
     assert res.p_attacked[0] == pytest.approx(unsafe_probs(model, prompter, [prompter.encode(attacked)])[0])
     assert res.p_clean[0] == pytest.approx(unsafe_probs(model, prompter, [prompter.encode(ex)])[0])

@@ -145,6 +145,16 @@ def import_nanogcg() -> Any:
     return nanogcg
 
 
+def _not_allowed_ids(ids: torch.Tensor | None, tokenizer: Any, embeddings: Any) -> torch.Tensor:
+    """nanogcg's excluded tokens (non-ASCII, BOS/EOS/PAD/UNK among ``tokenizer.vocab_size``) plus every special
+    token and every embedding row past the base vocabulary: an attacker types text, and a suffix holding
+    ``<|image|>`` or a header token would not be text (the processor would also count a second image)."""
+    extra = set(range(tokenizer.vocab_size, embeddings.weight.shape[0])) | set(tokenizer.all_special_ids)
+    extra |= {i for t, i in tokenizer.get_added_vocab().items()}
+    base = set(ids.tolist()) if ids is not None else set()
+    return torch.tensor(sorted(base | extra), device=embeddings.weight.device)
+
+
 @dataclass
 class GCGResult:
     p_clean: list[float]
@@ -174,7 +184,9 @@ def gcg_attack(model: Any, prompter: VisionPrompter, examples: Sequence[VisionMo
             config = nanogcg.GCGConfig(num_steps=steps, search_width=search_width, topk=topk, seed=seed + i,
                                        optim_str_init=" ".join(["x"] * suffix_len), use_prefix_cache=False,
                                        verbosity="WARNING")
-            result = nanogcg.run(wrapped, tok, [{"role": "user", "content": template}], "safe", config)
+            gcg = nanogcg.gcg.GCG(wrapped, tok, config)
+            gcg.not_allowed_ids = _not_allowed_ids(gcg.not_allowed_ids, tok, wrapped.get_input_embeddings())
+            result = gcg.run([{"role": "user", "content": template}], "safe")
             attacked_ex = copy.copy(ex)
             attacked_ex.response = f"{ex.response} {result.best_string}"
             attacked += unsafe_probs(model, prompter, [prompter.encode(attacked_ex)])

@@ -14,4 +14,5 @@ fi
 quiet() { "$@" 2> >(grep -v "is ignored: it is neither a file nor a directory" >&2); }
 .venv/bin/python -c "import torch" 2>/dev/null || quiet .venv/bin/python -m pip install -q "torch==2.13.0"
 quiet .venv/bin/python -m pip install -q -e ".[dev,deploy,dist]"
+quiet .venv/bin/python -m pip install -q --no-deps "nanogcg==0.3.0"  # GCG; its pins predate transformers 5
 echo "$want" > "$stamp"

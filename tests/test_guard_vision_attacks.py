@@ -62,7 +62,6 @@ def test_image_conditioned_wrapper_equals_the_models_image_path(tiny_guard):
 
 
 def test_nanogcg_drives_the_guard_on_a_response_suffix(tiny_guard):
-    pytest.importorskip("nanogcg")
     from runner.guard.vision_attacks import gcg_attack
     from runner.guard.vision_model import unsafe_probs
 

@@ -31,6 +31,16 @@ def test_bad_config_names_the_problem(override, key):
         compose_recipe("guard_vision", [override])
 
 
+def test_gcg_without_nanogcg_fails_at_config_check(monkeypatch):
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None if name == "nanogcg" else real(name, *a))
+    with pytest.raises(ConfigError, match=r'algorithm\.gcg\.enabled.*pip install --no-deps "nanogcg==0\.3\.0"'):
+        compose_recipe("guard_vision")
+    assert compose_recipe("guard_vision", ["algorithm.gcg.enabled=false"]).algorithm.gcg.enabled is False
+
+
 def test_smoke_run_writes_every_result_and_figure(tmp_path):
     out = run_recipe("guard_vision", ["run.smoke=true", "run.progress=false"], tmp_path / "run")
     res = json.loads((tmp_path / "run" / "results.json").read_text())

@@ -17,6 +17,7 @@ image / response attacks (recipes ``guard_vision``, ``guard_vision_eval``, ``gua
 
 from __future__ import annotations
 
+import importlib.util
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -103,6 +104,8 @@ class GuardVisionConfig:
             raise ConfigError("algorithm.pgd: eps and eps_grid must be >= 0, steps >= 1, step_size > 0")
         if a.gcg.enabled and min(a.gcg.steps, a.gcg.search_width, a.gcg.topk, a.gcg.suffix_len) < 1:
             raise ConfigError("algorithm.gcg: steps, search_width, topk and suffix_len must be >= 1")
+        if a.gcg.enabled:
+            require_nanogcg()
         if cfg.model.kind == "tiny" and "image_size" not in cfg.model:
             raise ConfigError(f"model={cfg.model.name} is not a vision guard (use model=tiny_vision_guard or "
                               "model=llama_guard_3_11b_vision)")
@@ -112,6 +115,16 @@ class GuardVisionConfig:
         if (not params <= set(TOY_DEFAULTS)) if cfg.dataset.source == "builtin" else "vision_format" not in params:
             raise ConfigError(f"dataset={cfg.dataset.name} is not a multimodal moderation set (the toy world "
                               "vision_moderation_toy, or dataset.params.vision_format: vlguard | spa_vl | mssbench)")
+
+
+NANOGCG_INSTALL = 'pip install --no-deps "nanogcg==0.3.0"'  # as scripts/env.sh (its pins predate transformers 5)
+
+
+def require_nanogcg() -> None:
+    """A one-line ConfigError naming the install command when nanogcg (the GCG attack) is not importable."""
+    if importlib.util.find_spec("nanogcg") is None:
+        raise ConfigError(f"algorithm.gcg.enabled=true needs nanogcg, which is not installed: {NANOGCG_INSTALL} "
+                          "(or set algorithm.gcg.enabled=false)")
 
 
 # --------------------------------------------------------------------------- training

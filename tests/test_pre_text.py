@@ -159,3 +159,23 @@ def test_dp_fedavg_lm_clients_through_the_simulator():
     assert res["client_bytes_per_round"] == pytest.approx(8 * x0.numel())
     assert res["client_flops_per_round"] > 0 and res["privacy"]["epsilon"] <= 5.0
     assert [m["server_steps"] for m in logged][:3] == [0, 1, 2]  # the start model and both rounds' models
+
+    # a tuning entry with every client in one round is its own DP run: q = 1, T = 1, σ recalibrated to ε;
+    # reference: the exact δ(ε) of one Gaussian release of sensitivity 1 (Balle & Wang 2018), which the
+    # (looser) RDP calibration must meet, and which a 15% smaller σ would break
+    from scipy.stats import norm
+
+    from runner.privacy.pre_text import _dotted
+
+    entry = OmegaConf.merge(cfg, _dotted({"concurrency": 6, "rounds": 1, "dp.clip_norm": 0.1}))
+    res1, _ = run_dp_fedavg(lm, streams, entry, privacy, 5.0, lambda m: {"next_token_accuracy": 0.0, "loss": 0.0},
+                            ctx, "dp_fedavg_test_all")
+    p1 = res1["privacy"]
+    assert (res1["rounds"], res1["client_updates"], p1["sample_rate"], p1["clip_norm"]) == (1, 6, 1.0, 0.1)
+
+    def exact_delta(sigma: float, eps: float) -> float:
+        return norm.cdf(-eps * sigma + 1 / (2 * sigma)) - math.exp(eps) * norm.cdf(-eps * sigma - 1 / (2 * sigma))
+
+    z = p1["noise_multiplier"]
+    assert exact_delta(z, 5.0) <= 1e-5 < exact_delta(0.85 * z, 5.0)
+    assert z != res["privacy"]["noise_multiplier"] and res["privacy"]["sample_rate"] == pytest.approx(0.5)

@@ -69,3 +69,26 @@ def test_processor_batch_equals_our_collate(tiny_processor):
         assert torch.equal(ours[key], ref[key].to(ours[key].dtype)), key
     # the processor's mask runs from the image token to the end; on left padding it also covers nothing before
     assert torch.equal(ours["cross_attention_mask"], ref["cross_attention_mask"].long())
+
+
+def test_augmentation_is_a_mirror_and_channel_permutation_of_the_picture(tiny_processor):
+    """Each augmented image equals the processor's encoding of the PIL picture mirrored (or not) with its RGB bands
+    reordered, and over many draws every one of the 2 × 6 variants occurs."""
+    import itertools
+
+    import numpy as np
+    from PIL import Image, ImageOps
+
+    from runner.guard.vision import augment_pixels
+    from runner.guard.vision_model import pixel_stats
+
+    img = Image.fromarray(np.random.default_rng(1).integers(0, 255, (16, 16, 3), dtype=np.uint8))
+    enc = lambda im: tiny_processor.image_processor(images=[[im]], return_tensors="pt")["pixel_values"]  # noqa: E731
+    variants = [enc(Image.merge("RGB", [(ImageOps.mirror(img) if m else img).split()[c] for c in p]))
+                for m in (False, True) for p in itertools.permutations(range(3))]
+    x = enc(img).repeat(64, 1, 1, 1, 1, 1)
+    mean, std = pixel_stats(tiny_processor, x)
+    out = augment_pixels(x, mean, std, torch.Generator().manual_seed(0))
+    hits = [[torch.allclose(o[None], v, atol=1e-4) for v in variants] for o in out]
+    assert all(sum(h) == 1 for h in hits)  # each output is exactly one variant
+    assert all(any(h[j] for h in hits) for j in range(len(variants)))  # all twelve occur

@@ -6,7 +6,9 @@ image / response attacks (recipes ``guard_vision``, ``guard_vision_eval``, ``gua
 2. Guard: a released checkpoint evaluated as is, or a tiny Mllama guard built from config. The released guard is
    a fine-tuned pretrained VLM; the tiny one is likewise first pretrained as a VLM (image captioning of the
    training images: "A picture of a" → the object), then trained on the answers (``safe`` / ``unsafe\\nS9``) of
-   the training items rendered in the released Vision template.
+   the training items rendered in the released Vision template. Both stages see label-preserving augmentations
+   of the images (mirror, RGB channel permutation), so the tiny encoder learns the object's shape rather than the
+   training renders' palette.
 3. Evaluation per task (prompt / response classification): greedy verdicts parsed as for the text guard →
    precision, recall, F1, FPR, per-category metrics; P(unsafe) at the verdict position → AUPRC, threshold curves.
 4. Baselines: the same guard with the image removed (text-only; how much the image matters), a bag-of-words
@@ -33,7 +35,7 @@ from runner.guard.baselines import bow_baseline, majority_baseline
 from runner.guard.format import CATEGORIES_1B, check_categories, parse_output
 from runner.guard.metrics import average_precision, binary_metrics, per_category, threshold_curves
 from runner.guard.train import answer_loss
-from runner.guard.vision_model import Encoded, VisionPrompter, collate, generate_verdicts
+from runner.guard.vision_model import Encoded, VisionPrompter, collate, generate_verdicts, pixel_stats
 from runner.models.finetune import ResumableOptimizer
 
 TASKS = ("prompt", "response")
@@ -67,12 +69,13 @@ class GuardVisionConfig:
     name: str = "guard_vision"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES_1B))
     test_fraction: float = 0.3  # files only; the toy world keeps its own held-out split
-    pretrain_steps: int = 600  # tiny models on the toy world: caption pretraining of the VLM before the guard
+    pretrain_steps: int = 2000  # tiny models on the toy world: caption pretraining of the VLM before the guard
     train_steps: int = 800  # tiny models only
     batch_size: int = 16
     lr: float = 3.0e-3
     warmup_steps: int = 40
     weight_decay: float = 0.0
+    augment: bool = True  # label-preserving image augmentation in training (mirror, colour-channel permutation)
     checkpoint_every: int = 200
     eval_batch_size: int = 32
     max_new_tokens: int = 8
@@ -145,10 +148,26 @@ def caption_data(prompter: VisionPrompter, train: Sequence[VisionModerationExamp
     return out
 
 
+def augment_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, generator: torch.Generator
+                   ) -> torch.Tensor:
+    """Each image of a batch (``pixel_values`` [B, images, tiles, 3, H, W], normalised) mirrored left-right with
+    probability 1/2 and its RGB channels permuted at random, in pixel space. The label depends on the object's
+    shape alone (glyphs are drawn mirrored at random, object colours are uniform per channel), so both keep it,
+    while the permuted backgrounds cover palettes the training renders lack."""
+    b = pixels.shape[0]
+    flip = torch.rand(b, generator=generator) < 0.5
+    perm = torch.stack([torch.randperm(3, generator=generator) for _ in range(b)])
+    raw = pixels * std + mean
+    raw = torch.where(flip.view(b, *[1] * (raw.dim() - 1)).to(raw.device), raw.flip(-1), raw)
+    raw = torch.stack([raw[i, :, :, perm[i]] for i in range(b)])
+    return (raw - mean) / std
+
+
 def train_vision_guard(model: Any, data: Sequence[Encoded], steps: int, a: Any, ctx: RunContext, pad_id: int,
-                       stage: str = "train") -> None:
+                       stage: str = "train", processor: Any = None) -> None:
     """Cross-entropy on the answer tokens (after the prompt) of image + text items; resumable from ``stage``'s
-    checkpoint. The output layer runs on the answer positions only."""
+    checkpoint. The output layer runs on the answer positions only. With ``a.augment`` (and the ``processor``
+    whose normalisation the images carry) each batch's images go through :func:`augment_pixels`."""
     model.train()
     opt = ResumableOptimizer.create(model, _TrainCfg(steps, a.lr, a.warmup_steps, a.weight_decay), ctx.seed)
     start = opt.restore(ctx, stage)
@@ -157,6 +176,9 @@ def train_vision_guard(model: Any, data: Sequence[Encoded], steps: int, a: Any, 
         idx = torch.randint(0, len(data), (a.batch_size,), generator=opt.generator).tolist()
         batch = {k: v.to(model.device) for k, v in collate([data[i] for i in idx], pad_id, left=False).items()}
         labels = batch.pop("labels")
+        if a.augment and processor is not None and "pixel_values" in batch:
+            mean, std = pixel_stats(processor, batch["pixel_values"])
+            batch["pixel_values"] = augment_pixels(batch["pixel_values"], mean, std, opt.generator)
         keep = labels[:, 1:] != -100
         hidden = model.model(**batch).last_hidden_state
         loss, parts = answer_loss(model.lm_head(hidden[:, :-1][keep]), labels[:, 1:][keep])
@@ -345,7 +367,7 @@ def run_guard_vision(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         if steps == 0:
             continue
         if ctx.checkpoints.done(stage) is None:
-            train_vision_guard(model, data(), steps, a, ctx, pad, stage)
+            train_vision_guard(model, data(), steps, a, ctx, pad, stage, processor)
             ctx.checkpoints.mark_done(stage, {"steps": steps})
         elif stage == "train" or ctx.checkpoints.done("train") is None:
             model.load_state_dict(ctx.checkpoints.load(stage)["state"]["model"])

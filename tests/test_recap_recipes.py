@@ -1,5 +1,6 @@
 """RECAP's recipes: the embedded default's config, the paper-scale config (composes, passes the GPU memory
-preflight), bad configs, and a reduced end-to-end run checking the direction of RECAP's effect."""
+preflight), bad configs, and a smoke end-to-end run of the whole pipeline (it checks the reported rates against
+the saved responses, not the direction of RECAP's effect: a reduced run that learns it does not fit CI's time)."""
 
 from __future__ import annotations
 

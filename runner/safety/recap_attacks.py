@@ -23,6 +23,7 @@ from typing import Any
 from runner.core.seeding import derive_seed
 from runner.data.safety import SafetyRecord
 from runner.rollout import SamplingParams
+from runner.safety.common import EvalConfig
 from runner.safety.evaluate import SystemResponse, evaluate
 from runner.safety.recap_format import first_words, generation_prompt, hijack_prefill, ipr_prompt
 from runner.safety.recap_world import answer_of, math_correct
@@ -30,14 +31,11 @@ from runner.safety.world import chat_messages
 
 
 @dataclass
-class AttackConfig:
-    """Evaluation sampling and the attacks' settings."""
+class AttackConfig(EvalConfig):
+    """Evaluation sampling (the safety core's ``EvalConfig``, longer answers for reasoning) and the attacks."""
 
     n_samples: int = 2
-    temperature: float = 1.0
-    top_p: float = 1.0
     max_new_tokens: int = 64
-    batch_size: int = 64
     prefill_length: int | None = None  # ℓ of the prefill attack, in words; null: prefill.length
     ipr_rounds: int = 3
     math_temperature: float = 0.0  # math accuracy: greedy (pass@1) by default

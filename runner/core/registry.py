@@ -99,6 +99,7 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     "fl_codec": {
         "fedsynth": _e("runner.federated.fedsynth:FedSynthCodec"),
         "random_mask": _e("runner.federated.fedsynth:RandomMaskCodec"),
+        "structured_mask": _e("runner.federated.fedsynth:StructuredMaskCodec"),
     },
     "rollout": {
         "hf": _e("runner.rollout.hf:HFEngine"),

@@ -11,10 +11,12 @@ Client k, downloaded global model w, real update Δ = w_k − w from its usual l
 
 Server: Δ̂ = ``replay_inner_steps``(w, S), then aggregation as usual (any server mode).
 
-Baseline at the same upload size: ``random_mask`` — k coordinates of Δ chosen by a seed the server shares
-(derived from (seed, client, draw), so no indices are uploaded), optionally rescaled by P/k (unbiased).
+Baselines at the same upload size: ``random_mask`` — k coordinates of Δ chosen by a seed the server shares
+(derived from (seed, client, draw), so no indices are uploaded), optionally rescaled by P/k (unbiased); and
+``structured_mask`` (Konečný et al. 2016's structured update with a random mask) — the client's local SGD
+moves only k seed-derived coordinates, and it uploads their values.
 
-Both are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
+All are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
 the floats a client uploads, which the simulator's clock charges (the extra on-device compute of fitting S is
 not charged: a device's compute time is that of its local training). S starts (``init``) at m of the client's
 examples and their one-hot labels, at the means and label frequencies of m groups of its examples — random
@@ -34,6 +36,7 @@ import torch
 import torch.nn.functional as F
 from omegaconf import DictConfig, OmegaConf
 from torch.func import functional_call, grad, vmap
+from torch.nn.utils.rnn import pad_sequence
 
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
@@ -128,11 +131,39 @@ def random_mask(delta: torch.Tensor, k: int, seed: int, rescale: bool) -> torch.
     """Δ restricted to k coordinates drawn uniformly without replacement from ``seed`` (the server draws the
     same ones, so only the k values are uploaded); × P/k when ``rescale`` (then E[Δ̂] = Δ)."""
     p = delta.numel()
-    gen = torch.Generator().manual_seed(seed)
-    idx = torch.randperm(p, generator=gen)[:k]
+    idx = mask_positions(p, k, seed)
     out = torch.zeros_like(delta)
     out[idx] = delta[idx] * (p / k if rescale else 1.0)
     return out
+
+
+def mask_positions(p: int, k: int, seed: int) -> torch.Tensor:
+    """k of p coordinates, uniformly without replacement, from ``seed`` (both sides derive the same ones)."""
+    return torch.randperm(p, generator=torch.Generator().manual_seed(seed))[:k]
+
+
+def restricted_local_sgd(trainer: LocalTrainer, x0s: torch.Tensor, plans: Sequence[TrainPlan],
+                         keep: torch.Tensor) -> torch.Tensor:
+    """The clients' local SGD (their plans, the trainer's lr) moving only the coordinates where ``keep`` [n, P] is
+    1: w ← w − lr · keep ⊙ ∇_w CE on each minibatch (Konečný et al. 2016's structured update); Δ [n, P]."""
+    space = trainer.space
+
+    def loss(w: torch.Tensor, xb: torch.Tensor, yb: torch.Tensor, mb: torch.Tensor) -> torch.Tensor:
+        ce = F.cross_entropy(functional_call(trainer.model, space.unflatten(w), (xb,)), yb, reduction="none")
+        return (ce * mb).sum() / mb.sum().clamp_min(1.0)
+
+    g = vmap(grad(loss))
+    n = len(plans)
+    xs = pad_sequence([p.x for p in plans], batch_first=True)
+    ys = pad_sequence([p.y for p in plans], batch_first=True)
+    steps, width = max(p.idx.shape[0] for p in plans), max(p.idx.shape[1] for p in plans)
+    idx = torch.stack([F.pad(p.idx, (0, width - p.idx.shape[1], 0, steps - p.idx.shape[0])) for p in plans])
+    mask = torch.stack([F.pad(p.mask, (0, width - p.mask.shape[1], 0, steps - p.mask.shape[0])) for p in plans])
+    ar = torch.arange(n)[:, None]
+    w = x0s.clone()
+    for s in range(steps):  # a padded step (mask all 0) has zero gradient
+        w = w - trainer.lr * keep * g(w, xs[ar, idx[:, s]], ys[ar, idx[:, s]], mask[:, s])
+    return w - x0s
 
 
 # --------------------------------------------------------------------------- update codecs
@@ -158,7 +189,7 @@ class FedSynthOptions:
         if o.lr <= 0 or (o.init_lr is not None and o.init_lr <= 0):
             raise ConfigError(f"{key}.lr and {key}.init_lr must be > 0")
         if o.init not in ("real", "mean", "class", "noise"):
-            raise ConfigError(f"{key}.init='{o.init}' must be real, mean or noise")
+            raise ConfigError(f"{key}.init='{o.init}' must be real, mean, class or noise")
 
 
 class FedSynthCodec:
@@ -253,6 +284,40 @@ class RandomMaskCodec:
                                         self.cfg.rescale) for d, p in zip(deltas, plans)])
 
 
+@dataclass
+class StructuredMaskOptions:
+    """Structured random mask (the size k is the upload budget)."""
+
+    rescale: bool = False  # × P/k on the server, as for random masking (a per-budget server step size)
+
+
+class StructuredMaskCodec:
+    """Konečný et al. 2016's structured update, random mask: the client trains only ``floats`` coordinates, at
+    positions both sides derive from ``(seed, client, draw)``, and uploads their values (nothing else moved)."""
+
+    def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
+        opts = dict(cfg)
+        self.upload_floats = int(opts.pop("floats"))
+        self.cfg = StructuredMaskOptions(**opts)
+        if not 1 <= self.upload_floats <= trainer.space.size:
+            raise ConfigError(f"structured_mask: floats={self.upload_floats} must be in [1, {trainer.space.size}] "
+                              "(the model's parameters)")
+        self.trainer, self.seed = trainer, trainer.seed
+
+    def keep(self, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        """Each client's trainable coordinates as a 0/1 mask [n, P]."""
+        keep = torch.zeros(len(plans), self.trainer.space.size)
+        for row, p in zip(keep, plans):
+            row[mask_positions(row.numel(), self.upload_floats,
+                               derive_seed(self.seed, "structured-mask", p.cid, p.draw))] = 1.0
+        return keep
+
+    def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
+        # the unrestricted Δ (``deltas``) is not used: the client's training itself is restricted to the mask
+        d = restricted_local_sgd(self.trainer, x0s, plans, self.keep(plans))
+        return d * (self.trainer.space.size / self.upload_floats) if self.cfg.rescale else d
+
+
 # --------------------------------------------------------------------------- the recipe
 @dataclass
 class MethodServerLR:
@@ -261,14 +326,16 @@ class MethodServerLR:
     full: float | None = None
     fedsynth: float | None = None
     random_mask: float | None = None
+    structured_mask: float | None = None
 
 
 @dataclass
 class FedSynthConfig(SimulationConfig):
-    """Full update vs FedSynth vs random masking at equal upload sizes, on one population, clock and server mode.
+    """Full update vs FedSynth vs mask baselines at equal upload sizes, on one population, clock and server mode.
 
-    Each budget is a synthetic-set size m (``synthetic_examples``); random masking uploads the same number of
-    floats, m·(dim x + C) (+ 1 for a learned step size).
+    Each budget is a synthetic-set size m (``synthetic_examples``); each baseline (``baselines``: random masking
+    of Δ, the structured random mask) uploads the same number of floats, m·(dim x + C) (+ 1 for a learned step
+    size).
     """
 
     name: str = "fedsynth"
@@ -276,6 +343,8 @@ class FedSynthConfig(SimulationConfig):
     synthetic_examples: list[int] = field(default_factory=lambda: [1, 3, 10])
     fedsynth: FedSynthOptions = field(default_factory=FedSynthOptions)
     random_mask: RandomMaskOptions = field(default_factory=RandomMaskOptions)
+    structured_mask: StructuredMaskOptions = field(default_factory=StructuredMaskOptions)
+    baselines: list[str] = field(default_factory=lambda: ["random_mask", "structured_mask"])
     server_lr: MethodServerLR = field(default_factory=lambda: MethodServerLR())
 
     @staticmethod
@@ -287,6 +356,8 @@ class FedSynthConfig(SimulationConfig):
         sizes = list(a.synthetic_examples)
         if not sizes or any(m < 1 for m in sizes) or len(set(sizes)) != len(sizes):
             raise ConfigError(f"algorithm.synthetic_examples={sizes} must be distinct integers >= 1 (one per budget)")
+        if not a.baselines or not set(a.baselines) <= set(_BASELINES) or len(set(a.baselines)) != len(a.baselines):
+            raise ConfigError(f"algorithm.baselines={list(a.baselines)} must be distinct names of {list(_BASELINES)}")
         if any(v is not None and v <= 0 for v in a.server_lr.values()):
             raise ConfigError(f"algorithm.server_lr={dict(a.server_lr)}: each must be > 0 or null (server.lr)")
         if cfg.dataset.kind in ("sent140", "shakespeare"):
@@ -307,13 +378,13 @@ def _use_codec(exp: Experiment, cfg: DictConfig, codec: dict[str, Any] | None) -
 
 
 def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
-    """The full update, then FedSynth and random masking at each budget; final accuracy vs upload floats."""
+    """The full update, then FedSynth and each mask baseline at each budget; final accuracy vs upload floats."""
     a = cfg.algorithm
     exp = Experiment(cfg, ctx)
     num_params = int(exp.x0.numel())
     concurrency = a.server.concurrency or a.concurrency
     fedsynth_opts = OmegaConf.to_container(a.fedsynth, resolve=True)
-    mask_opts = OmegaConf.to_container(a.random_mask, resolve=True)
+    baselines = list(a.baselines)
 
     def stage(name: str, codec: dict[str, Any] | None) -> dict[str, Any]:
         floats = _use_codec(exp, cfg, codec)
@@ -329,9 +400,11 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         for m in a.synthetic_examples:
             fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts})
             k = fs["upload_floats"]
-            rm = stage(f"random_mask_k{k}", {"name": "random_mask", "floats": k, **mask_opts})
-            runs[f"fedsynth {k} floats"], runs[f"random mask {k} floats"] = fs, rm
-            by_budget[str(k)] = {"synthetic_examples": m, "fedsynth": fs, "random_mask": rm}
+            runs[f"fedsynth {k} floats"] = fs
+            by_budget[str(k)] = {"synthetic_examples": m, "fedsynth": fs}
+            for b in baselines:
+                r = stage(f"{b}_k{k}", {"name": b, "floats": k, **OmegaConf.to_container(a[b], resolve=True)})
+                runs[f"{b.replace('_', ' ')} {k} floats"] = by_budget[str(k)][b] = r
     finally:
         exp.close()
 
@@ -342,32 +415,31 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     floats = [int(k) for k in by_budget]
     full = runs["full"]
     logk = [math.log10(k) for k in floats]
+    methods = ["fedsynth", *baselines]
     ctx.plot("accuracy_vs_upload_floats", {
-        "fedsynth": (logk, [by_budget[str(k)]["fedsynth"]["final_accuracy"] for k in floats]),
-        "random mask": (logk, [by_budget[str(k)]["random_mask"]["final_accuracy"] for k in floats]),
+        **{n.replace("_", " "): (logk, [by_budget[str(k)][n]["final_accuracy"] for k in floats]) for n in methods},
         "full update": ([math.log10(num_params)], [full["final_accuracy"]]),
     }, "upload floats per client (log10)", "final test accuracy",
         title=f"{cfg.dataset.name}: {num_params:,} parameters, {a.max_client_updates} updates")
     rows = [{"upload floats": k, "% of model": 100.0 * k / num_params, "m": by_budget[str(k)]["synthetic_examples"],
-             "fedsynth": by_budget[str(k)]["fedsynth"]["final_accuracy"],
-             "random mask": by_budget[str(k)]["random_mask"]["final_accuracy"]} for k in floats]
+             **{n: by_budget[str(k)][n]["final_accuracy"] for n in methods}} for k in floats]
     rows.append({"upload floats": num_params, "% of model": 100.0, "m": "full update",
-                 "fedsynth": full["final_accuracy"], "random mask": full["final_accuracy"]})
+                 **{n: full["final_accuracy"] for n in methods}})
     ctx.notes.append("Final test accuracy by upload size per client (FedSynth's synthetic set of m examples vs "
-                     "random masking of the same number of floats):\n\n"
-                     + markdown_table(rows, ["upload floats", "% of model", "m", "fedsynth", "random mask"]))
+                     "the mask baselines with the same number of floats):\n\n"
+                     + markdown_table(rows, ["upload floats", "% of model", "m", *methods]))
     strip = {"history"}
     out = {"num_parameters": num_params, "server_mode": a.server.mode,
-           "server_lr": {m: a.server_lr[m] or a.server.lr for m in _METHODS},
+           "server_lr": {m: a.server_lr[m] or a.server.lr for m in ("full", *methods)},
            "random_mask_rescaled": bool(a.random_mask.rescale),
+           "structured_mask_rescaled": bool(a.structured_mask.rescale),
            "full": {k: v for k, v in full.items() if k not in strip},
            "by_budget": {k: {"synthetic_examples": b["synthetic_examples"],
-                             **{n: {f: v for f, v in b[n].items() if f not in strip}
-                                for n in ("fedsynth", "random_mask")}}
+                             **{n: {f: v for f, v in b[n].items() if f not in strip} for n in methods}}
                          for k, b in by_budget.items()}}
     return with_privacy(out, cfg, runs.values())
 
 
-_METHODS = ("full", "fedsynth", "random_mask")
+_BASELINES = ("random_mask", "structured_mask")
 _REPORTED = ("final_accuracy", "best_accuracy", "initial_accuracy", "client_updates", "server_steps", "bytes",
              "sim_time", "rejected_updates")

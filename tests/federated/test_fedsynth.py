@@ -3,6 +3,7 @@ size and unbiasedness, every server mode through the update-codec hook, and the 
 
 from __future__ import annotations
 
+import copy
 import math
 
 import pytest
@@ -19,6 +20,7 @@ from runner.federated.client import LocalTrainer, TrainPlan
 from runner.federated.fedsynth import (
     FedSynthCodec,
     InnerProblem,
+    StructuredMaskCodec,
     SyntheticSet,
     learn_synthetic_set,
     random_mask,
@@ -114,6 +116,43 @@ def test_random_mask_size_positions_and_unbiasedness():
     assert torch.allclose(draws.mean(0) / (p / k), random_mask_mean_unscaled(delta, k, n), atol=1e-6)
 
 
+def test_structured_mask_is_sgd_restricted_to_the_masked_coordinates(make_spec):
+    """Konečný et al.'s structured update: each client's upload equals plain ``torch.optim.SGD`` on its plan with
+    every gradient zeroed outside k coordinates drawn from (seed, client, draw); nothing else moves."""
+    trainer = build_trainer(make_spec(data_kw={"size_sigma": 0.8}, lr=0.3, local_steps=4, batch_size=8))
+    plans = [trainer.plan(c, 2) for c in range(5)]
+    assert len({len(p.y) for p in plans}) > 1  # uneven shards: the padded steps must not move anything
+    x0 = trainer.space.flatten(trainer.model)
+    x0s = torch.stack([x0 + 0.01 * i for i in range(5)])
+    k, size = 60, trainer.space.size
+    codec = StructuredMaskCodec({"floats": k}, trainer)
+    assert codec.upload_floats == k
+    got = codec(x0s, torch.full_like(x0s, float("nan")), plans)  # the unrestricted Δ is not used
+    for x, p, d in zip(x0s, plans, got):
+        kept = torch.randperm(size, generator=torch.Generator().manual_seed(
+            derive_seed(0, "structured-mask", p.cid, p.draw)))[:k]
+        keep = torch.zeros(size)
+        keep[kept] = 1.0
+        model = copy.deepcopy(trainer.model)
+        torch.nn.utils.vector_to_parameters(x.clone(), model.parameters())
+        opt = torch.optim.SGD(model.parameters(), lr=0.3)
+        for idx, m in zip(p.idx, p.mask):
+            rows = idx[m.bool()]
+            opt.zero_grad()
+            F.cross_entropy(model(p.x[rows]), p.y[rows]).backward()
+            off = 0
+            for q in model.parameters():
+                q.grad *= keep[off:off + q.numel()].view_as(q)
+                off += q.numel()
+            opt.step()
+        ref = torch.nn.utils.parameters_to_vector(model.parameters()).detach() - x
+        torch.testing.assert_close(d, ref, rtol=1e-5, atol=1e-7)
+        # only kept coordinates move (some kept ones may not: pixels that are 0 on every digit, dead units)
+        assert torch.equal(d[keep == 0], torch.zeros(size - k)) and int((d != 0).sum()) > k // 4
+    rescaled = StructuredMaskCodec({"floats": k, "rescale": True}, trainer)(x0s, x0s, plans)
+    torch.testing.assert_close(rescaled, got * (size / k))
+
+
 def random_mask_mean_unscaled(delta: torch.Tensor, k: int, n: int) -> torch.Tensor:
     return torch.stack([random_mask(delta, k, seed=s, rescale=False) for s in range(n)]).mean(0)
 
@@ -137,7 +176,8 @@ def _simulate(trainer, cfg, server):
 def test_codecs_in_every_server_mode(mode, make_spec, make_sim_cfg, make_server_cfg):
     """Through the client hook: the clock charges the codec's upload, the server applies the replayed Δ̂."""
     for codec, floats in (({"name": "fedsynth", "examples": 1, "iterations": 10}, 64 + 10 + 1),
-                          ({"name": "random_mask", "floats": 50, "rescale": True}, 50)):
+                          ({"name": "random_mask", "floats": 50, "rescale": True}, 50),
+                          ({"name": "structured_mask", "floats": 50}, 50)):
         spec = make_spec()
         spec.client["codec"] = codec
         trainer = build_trainer(spec)
@@ -152,6 +192,11 @@ def test_codecs_in_every_server_mode(mode, make_spec, make_sim_cfg, make_server_
         if codec["name"] == "random_mask":
             ref = random_mask(raw, 50, derive_seed(0, "random-mask", task.cid, task.id), True)
             torch.testing.assert_close(delta, ref, rtol=1e-5, atol=1e-7)
+        elif codec["name"] == "structured_mask":  # only the coordinates the server derives moved
+            kept = torch.zeros_like(delta, dtype=torch.bool)
+            kept[torch.randperm(delta.numel(), generator=torch.Generator().manual_seed(
+                derive_seed(0, "structured-mask", task.cid, task.id)))[:50]] = True
+            assert bool((delta[~kept] == 0).all()) and bool((delta[kept] != 0).any())
         else:
             assert float(delta @ raw / (delta.norm() * raw.norm())) > 0.5  # it points where the real Δ does
 
@@ -178,8 +223,8 @@ def test_recipe_reports_every_budget_and_learns(tmp_path):
     of FedSynth and random masking ends ahead is measured over seeds by the full recipe, not here.)"""
     r = run_recipe("fedsynth", ["run.smoke=true", "run.progress=false"], run_dir=tmp_path)
     b = r["by_budget"]["75"]
-    assert b["fedsynth"]["upload_floats"] == b["random_mask"]["upload_floats"] == 75 == synthetic_floats(1, 64, 10,
-                                                                                                        True)
+    assert (b["fedsynth"]["upload_floats"] == b["random_mask"]["upload_floats"] == b["structured_mask"]["upload_floats"]
+            == 75 == synthetic_floats(1, 64, 10, True))
     assert r["full"]["upload_floats"] == r["num_parameters"] == 7510
     assert b["fedsynth"]["bytes"] < r["full"]["bytes"]  # the clock charged the smaller uploads
     assert b["fedsynth"]["final_accuracy"] > b["fedsynth"]["initial_accuracy"] + 0.05
@@ -203,6 +248,8 @@ def test_femnist_recipe_reads_leaf_files_and_runs(tmp_path):
 def test_config_errors():
     with pytest.raises(ConfigError, match="synthetic_examples"):
         compose_recipe("fedsynth", ["algorithm.synthetic_examples=[1,1]"])
+    with pytest.raises(ConfigError, match="algorithm.baselines"):
+        compose_recipe("fedsynth", ["algorithm.baselines=[top_k]"])
     with pytest.raises(ConfigError, match="algorithm.fedsynth.init"):
         compose_recipe("fedsynth", ["algorithm.fedsynth.init=zeros"])
     assert OmegaConf.to_container(compose_recipe("fedsynth").algorithm.random_mask) == {"rescale": True}

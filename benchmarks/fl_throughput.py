@@ -10,7 +10,8 @@ Workload (Flower's simulation example): scikit-learn digits, MLP 64-64-10, 1 loc
    FedAvg rounds of ``--concurrency`` clients, every server model evaluated): check-ins, profiles, shards,
    plans, the clock, training, validation, aggregation; ``end_to_end_over_sequential`` is its ratio to (1).
    ``fedbuff``: the same for FedBuff (C in flight, K = C/10). ``peak_rss_mb``: the process's peak RSS after both.
-4. With ``--ray``: the same clients trained by 1, 2 and 4 local Ray actors (scaling ratios, utilisation).
+4. With ``--ray``: the same clients trained by 1 and 2 local Ray actors (``fl_ray_scaling.py``: scaling ratio,
+   utilisation).
 5. If ``flwr`` is installed: Flower's simulation on the same workload (its updates/s and our ratio to it).
 
     OMP_NUM_THREADS=1 nice python benchmarks/fl_throughput.py [--json] [--ray] [--updates 30000]
@@ -31,7 +32,7 @@ from omegaconf import OmegaConf
 
 from runner.data.federated import FederatedDatasetConfig
 from runner.federated.aggregators import make_server
-from runner.federated.backends import LocalBackend, TrainerSpec, TrainJob, build_trainer
+from runner.federated.backends import LocalBackend, TrainerSpec, build_trainer
 from runner.federated.client import LocalTrainer
 from runner.federated.config import ClientConfig, ServerConfig, SimulationConfig
 from runner.federated.models import FLModelConfig
@@ -109,41 +110,6 @@ def end_to_end(trainer: LocalTrainer, concurrency: int, updates: int, mode: str 
             "server_steps": res.counters.server_steps, "final_accuracy": res.history[-1].accuracy}
 
 
-def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2, 4),
-                per_task: int = 256, repeats: int = 3) -> dict[str, Any]:
-    """Updates/s of the Ray backend with 1, 2, 4 local actors on one batch of ``clients`` (best of ``repeats``);
-    utilisation = the actors' training time / (actors × wall time)."""
-    import ray
-
-    from runner.federated.backends import RayBackend
-
-    trainer = build_trainer(spec)
-    x0 = trainer.space.flatten(trainer.model)
-    jobs = [TrainJob(c, c, x0) for c in range(3 * 10**7, 3 * 10**7 + clients)]
-    ray.init(num_cpus=max(workers), include_dashboard=False, log_to_driver=False)
-    out: dict[str, Any] = {}
-    try:
-        for w in workers:
-            backend = RayBackend(spec, per_task, w)
-            backend.train(jobs[: per_task * w])  # actors built and warm
-            best = None
-            for _ in range(repeats):  # best of a few: the machine is shared
-                backend.reset_stats()
-                t0 = time.perf_counter()
-                backend.train(jobs)
-                dt = time.perf_counter() - t0
-                if best is None or dt < best[0]:
-                    best = (dt, backend.utilisation())
-            out[str(w)] = {"updates_per_s": clients / best[0], "utilisation": best[1]}
-            backend.close()
-    finally:
-        ray.shutdown()
-    base = out[str(workers[0])]["updates_per_s"]
-    for w in workers:
-        out[str(w)]["speedup"] = out[str(w)]["updates_per_s"] / base
-    return out
-
-
 def flower_rate(spec: TrainerSpec, rounds: int = 4, per_round: int = 50) -> float | None:
     """Flower's simulation (``flwr.simulation.start_simulation``, FedAvg, one CPU per client) on the same
     clients and plans, if ``flwr`` is installed: client updates per second over rounds 2.. (after Ray's start)."""
@@ -185,8 +151,8 @@ def main() -> None:
     ap.add_argument("--updates", type=int, default=30_000)
     ap.add_argument("--sequential-clients", type=int, default=1000)
     ap.add_argument("--kernel-clients", type=int, default=1000)
-    ap.add_argument("--ray", action="store_true", help="also measure 1/2/4 local Ray actors")
-    ap.add_argument("--ray-clients", type=int, default=4096)
+    ap.add_argument("--ray", action="store_true", help="also measure 1 and 2 local Ray actors (as fl_ray_scaling.py)")
+    ap.add_argument("--ray-clients", type=int, default=8192)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -214,6 +180,8 @@ def main() -> None:
     out["kernel_over_sequential"] = out["kernel_updates_per_s"] / seq
     out["load_average_1min_after"] = os.getloadavg()[0]
     if args.ray:
+        from fl_ray_scaling import ray_scaling
+
         out["ray"] = ray_scaling(spec, args.ray_clients)
     flower = flower_rate(spec)
     if flower is not None:

@@ -9,8 +9,10 @@ models of a chunk travel to it.
 
 from __future__ import annotations
 
+import os
+import tempfile
 import time
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -21,6 +23,8 @@ from omegaconf import OmegaConf
 
 from runner.core.errors import require
 from runner.federated.client import LocalTrainer, TrainPlan
+
+INLINE_BYTES = 100 * 1024  # Ray's max_direct_call_object_size: smaller arguments travel inside the task
 
 
 @dataclass
@@ -98,13 +102,18 @@ class RayBackend:
     """Client training on Ray actors, one trainer per actor, every actor kept busy.
 
     Chunks are submitted asynchronously with at most ``in_flight`` tasks queued per actor; as each finishes
-    (``ray.wait``) its actor gets the next chunk, so fast and slow chunks balance out. Each actor reports its
-    busy seconds, and :meth:`utilisation` is busy time / (actors × wall time of :meth:`train`).
-    ``address`` joins an existing cluster (``ray start --head`` elsewhere); null starts a local Ray.
+    (``ray.wait``) its actor gets the next chunk, so fast and slow chunks balance out. Each distinct start model
+    goes into the object store once (``ray.put``, cached for the last few model versions) and tasks carry only
+    ids and object references. When every actor runs on this node, actors write their rows of Δ straight into
+    a new shared-memory file per call (:func:`_shared_rows`) instead of returning them through the object store (whose
+    serialisation cost about as much as training a chunk of small clients); on a remote cluster Δ travels as a
+    returned array. Each actor reports the seconds spent inside its tasks; :meth:`utilisation_per_actor` is
+    busy time / wall time of :meth:`train` (first submission to last result). ``address`` joins an existing
+    cluster (``ray start --head`` elsewhere); null starts a local Ray.
     """
 
     def __init__(self, spec: TrainerSpec, clients_per_task: int, num_workers: int, address: str | None = None,
-                 in_flight: int = 2):
+                 in_flight: int = 2, shared_memory: bool = True):
         ray = require("ray", "dist", "the ray federated backend")
         self.ray, self.size, self.in_flight = ray, clients_per_task, max(1, in_flight)
         if not ray.is_initialized():
@@ -115,6 +124,10 @@ class RayBackend:
             self._owns_ray = False
         actor = ray.remote(num_cpus=1)(_TrainerActor)
         self.actors = [actor.remote(spec) for _ in range(num_workers)]
+        here = ray.get_runtime_context().get_node_id()
+        same_node = all(n == here for n in ray.get([a.node.remote() for a in self.actors]))
+        self.shared = shared_memory and same_node  # actors write Δ into a file in /dev/shm
+        self._refs: OrderedDict[int, tuple[torch.Tensor, Any]] = OrderedDict()  # id(start model) -> (it, its ref)
         self.reset_stats()
 
     def reset_stats(self) -> None:
@@ -122,70 +135,126 @@ class RayBackend:
         self.wall = 0.0
         self.tasks = [0] * len(self.actors)
 
+    def utilisation_per_actor(self) -> list[float]:
+        """Each actor's seconds inside its tasks / wall seconds of the :meth:`train` calls since :meth:`reset_stats`."""
+        return [b / self.wall if self.wall > 0 else 0.0 for b in self.busy]
+
     def utilisation(self) -> float:
-        """Fraction of the actors' time spent training during :meth:`train` calls since :meth:`reset_stats`."""
-        return sum(self.busy) / (len(self.actors) * self.wall) if self.wall > 0 else 0.0
+        """The actors' mean :meth:`utilisation_per_actor`."""
+        per = self.utilisation_per_actor()
+        return sum(per) / len(per) if per else 0.0
+
+    def _ref(self, x0: torch.Tensor) -> Any:
+        """A start model as tasks carry it: put into the object store once (the last 8 models stay cached), or
+        by value if it is small enough for Ray to inline in the task (then no actor fetches it from the store)."""
+        key = id(x0)
+        if key not in self._refs:
+            arr = x0.detach().contiguous().numpy()
+            ref = arr if arr.nbytes <= INLINE_BYTES else self.ray.put(arr)
+            self._refs[key] = (x0, ref)  # the tensor pins the id
+            while len(self._refs) > 8:
+                self._refs.popitem(last=False)
+        return self._refs[key][1]
 
     def train(self, jobs: Sequence[TrainJob]) -> torch.Tensor:
-        todo = deque(enumerate(_payload(c) for c in chunks(jobs, self.size)))
-        results: list[np.ndarray] = [np.empty(0)] * len(todo)
-        pending: dict[Any, tuple[int, int]] = {}  # object ref -> (chunk, actor)
+        if not jobs:
+            return torch.empty(0, 0)
+        shape = (len(jobs), jobs[0].x0.numel())
+        path, rows = _shared_rows(shape) if self.shared else (None, np.empty(shape, np.float32))
+        todo = deque()
+        for k, c in enumerate(chunks(jobs, self.size)):
+            ids, bases = _payload(c)
+            todo.append((k * self.size, len(c), ids, [self._ref(b) for b in bases]))
+        pending: dict[Any, tuple[int, int, int]] = {}  # object ref -> (first row, rows, actor)
         queued = [0] * len(self.actors)
         t0 = time.perf_counter()
 
         def submit(a: int) -> None:
-            i, chunk = todo.popleft()
-            pending[self.actors[a].train.remote(chunk)] = (i, a)
+            off, n, ids, refs = todo.popleft()
+            pending[self.actors[a].train.remote(ids, path and (path, shape, off), *refs)] = (off, n, a)
             queued[a] += 1
 
-        for _ in range(self.in_flight):
-            for a in range(len(self.actors)):
-                if todo:
-                    submit(a)
-        while pending:
-            done, _ = self.ray.wait(list(pending), num_returns=1)
-            for ref in done:
-                i, a = pending.pop(ref)
-                results[i], busy = self.ray.get(ref)  # a numpy array read in place from Ray's object store
-                self.busy[a] += busy
-                self.tasks[a] += 1
-                queued[a] -= 1
-                while todo and queued[a] < self.in_flight:
-                    submit(a)
+        try:
+            for _ in range(self.in_flight):
+                for a in range(len(self.actors)):
+                    if todo:
+                        submit(a)
+            while pending:
+                done, _ = self.ray.wait(list(pending), num_returns=1)
+                for ref in done:
+                    off, n, a = pending.pop(ref)
+                    delta, busy = self.ray.get(ref)
+                    self.busy[a] += busy
+                    self.tasks[a] += 1
+                    queued[a] -= 1
+                    while todo and queued[a] < self.in_flight:
+                        submit(a)
+                    if delta is not None:  # returned through the object store
+                        rows[off:off + n] = delta
+        finally:
+            if path is not None:
+                os.unlink(path)  # the mappings (ours, the returned tensor's) keep the memory while they live
         self.wall += time.perf_counter() - t0
-        return torch.from_numpy(np.concatenate(results))
+        return torch.from_numpy(rows)
 
     def close(self) -> None:
         for a in self.actors:
             self.ray.kill(a)
         self.actors = []
+        self._refs.clear()
         if self._owns_ray:
             self.ray.shutdown()
 
 
-def _payload(jobs: Sequence[TrainJob]) -> tuple[list[int], list[int], list[int], torch.Tensor]:
-    """A chunk as it travels to an actor: ids, draws, and each distinct start model once (clients that started
-    from the same global model version share it) with an index per job."""
+def _shared_rows(shape: tuple[int, int]) -> tuple[str, np.ndarray]:
+    """A new float32 array in a shared-memory file (``/dev/shm``) that actors on this node write rows of Δ into.
+
+    A new file per call: no copy out (the returned tensor maps it, and lives on as the simulator's deltas),
+    and no page is written by two processes."""
+    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    fd, path = tempfile.mkstemp(prefix="runner-fl-", suffix=".f32", dir=folder)
+    os.close(fd)
+    return path, np.memmap(path, np.float32, "w+", shape=shape)
+
+
+def _payload(jobs: Sequence[TrainJob]) -> tuple[np.ndarray, list[torch.Tensor]]:
+    """A chunk as it travels to an actor: an int64 array [3, n] of ids, draws and the index of each job's start
+    model, and each distinct start model once (clients that started from the same global model share it)."""
     where: dict[int, int] = {}
     bases: list[torch.Tensor] = []
     for j in jobs:
         if id(j.x0) not in where:
             where[id(j.x0)] = len(bases)
             bases.append(j.x0)
-    return [j.cid for j in jobs], [j.draw for j in jobs], [where[id(j.x0)] for j in jobs], torch.stack(bases)
+    ids = np.array([[j.cid for j in jobs], [j.draw for j in jobs], [where[id(j.x0)] for j in jobs]], np.int64)
+    return ids, bases
 
 
 class _TrainerActor:
     def __init__(self, spec: TrainerSpec):
         torch.set_num_threads(spec.threads)
         self.trainer = build_trainer(spec)
+        self._rows: tuple[str, np.ndarray] | None = None  # the driver's shared-memory file, mapped
 
-    def train(self, payload: tuple[list[int], list[int], list[int], torch.Tensor]) -> tuple[np.ndarray, float]:
-        """Δ of one chunk (see :func:`_payload`; numpy travels without a copy) and the seconds spent on it."""
+    def node(self) -> str:
+        import ray
+
+        return ray.get_runtime_context().get_node_id()
+
+    def train(self, ids: np.ndarray, target: tuple[str, tuple[int, int], int] | None,
+              *bases: np.ndarray) -> tuple[np.ndarray | None, float]:
+        """Δ of one chunk (see :func:`_payload`; ``bases`` arrive from the object store) and the seconds spent on
+        it. With a ``target`` (shared file, its shape, first row) Δ is written there and None returned."""
         t0 = time.perf_counter()
-        cids, draws, which, bases = payload
-        out = self.trainer.train_clients(bases[torch.tensor(which)], cids, draws)
-        return out.numpy(), time.perf_counter() - t0
+        starts = torch.from_numpy(np.stack(bases)[ids[2]])
+        out = self.trainer.train_clients(starts, ids[0].tolist(), ids[1].tolist()).numpy()
+        if target is not None:
+            path, shape, off = target
+            if self._rows is None or self._rows[0] != path:  # a new call's file (the old mapping is released)
+                self._rows = path, np.memmap(path, np.float32, "r+", shape=shape)
+            self._rows[1][off:off + len(out)] = out
+            out = None
+        return out, time.perf_counter() - t0
 
 
 def make_backend(cfg: Any, trainer: LocalTrainer, spec: TrainerSpec) -> Backend:

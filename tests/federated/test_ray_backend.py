@@ -38,8 +38,16 @@ def test_ray_chunks_equal_local_and_every_actor_works(backend):
     remote = backend.train(jobs)
     assert not backend._owns_ray
     assert min(backend.tasks) >= 1 and sum(backend.tasks) == 8  # 22 jobs in chunks of 3, both actors used
-    assert 0.0 < backend.utilisation() <= 1.0
+    per_actor = backend.utilisation_per_actor()
+    assert len(per_actor) == 2 and all(0.0 < u <= 1.0 for u in per_actor)
+    assert backend.utilisation() == pytest.approx(sum(backend.busy) / (2 * backend.wall))
+    assert backend.shared  # same node: Δ rows come back through a shared-memory file
     assert torch.equal(remote, LocalBackend(trainer, 3).train(jobs))
+    backend.shared = False  # the path for actors on other nodes: Δ returned through the object store
+    try:
+        assert torch.equal(backend.train(jobs), remote)
+    finally:
+        backend.shared = True
     one = torch.stack([trainer.train_one(j.x0, trainer.plan(j.cid, j.draw)) for j in jobs[:4]])
     assert torch.allclose(remote[:4], one, atol=1e-5)  # and the plain SGD reference
 

@@ -80,7 +80,8 @@ class FedAvgServer:
     def __init__(self, cfg: Any, x0: torch.Tensor, agg: Any = None):
         self.cfg, self.opt, self.agg = cfg, ServerOptimizer(x0, cfg), agg
         self.round, self.goal, self.cutoff = 0, 0, math.inf
-        self.reports: list[tuple[Task, torch.Tensor]] = []
+        self.reports: list[Task] = []
+        self.sum, self.weight = torch.zeros_like(x0), 0.0  # Σ w_k Δ_k and Σ w_k of the round's reports so far
 
     def start(self, sim: Simulator) -> None:
         self._new_round(sim)
@@ -90,6 +91,8 @@ class FedAvgServer:
         c = _concurrency(self.cfg, sim)
         self.goal = round_goal(c, self.cfg.over_selection)
         self.reports = []
+        self.sum.zero_()
+        self.weight = 0.0
         tasks = [sim.dispatch(round=self.round, **(self.agg.overhead if self.agg else {})) for _ in range(c)]
         if self.agg is not None:
             self.agg.open([t.cid for t in tasks])
@@ -104,9 +107,12 @@ class FedAvgServer:
 
     def on_update(self, sim: Simulator, task: Task, delta: torch.Tensor) -> None:
         if self.agg is not None:
-            self.agg.add(task.cid, delta)
-            delta = delta[:0]  # the server keeps no plaintext update
-        self.reports.append((task, delta))
+            self.agg.add(task.cid, delta)  # the server keeps no plaintext update
+        else:  # a running sum: memory O(P) at any concurrency, no stacking of the round's updates
+            w = float(task.examples) if self.cfg.weighting == "examples" else 1.0
+            self.sum.add_(delta, alpha=w)
+            self.weight += w
+        self.reports.append(task)
         sim.record_staleness(sim.version - task.version)
         if len(self.reports) >= self.goal or not sim.in_flight:
             self._close(sim)
@@ -127,9 +133,7 @@ class FedAvgServer:
             if delta_bar is not None:
                 sim.step(self.opt.step(sim.x, delta_bar))
         elif self.reports:
-            w = torch.tensor([float(t.examples) if self.cfg.weighting == "examples" else 1.0 for t, _ in self.reports])
-            delta_bar = (w[:, None] * torch.stack([d for _, d in self.reports])).sum(0) / w.sum()
-            sim.step(self.opt.step(sim.x, delta_bar))
+            sim.step(self.opt.step(sim.x, self.sum / self.weight))
         if self.agg is None or not sim.halted:  # only a private aggregation halts (its budget is spent)
             self._new_round(sim)
 

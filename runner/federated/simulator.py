@@ -330,14 +330,19 @@ class Simulator:
         else:
             self.load_state_dict(state, server)
         every = cfg.checkpoint_every
-        while self._heap and not self._done():
-            when, _, kind, payload = heapq.heappop(self._heap)
+        heap, pop, c, on_grid = self._heap, heapq.heappop, self.c, self._eval_interval is not None
+        while heap and not self._done():
+            when, _, kind, payload = pop(heap)
             if kind != TIMER and payload.cancelled:
                 continue
             if self._max_sim_time is not None and when > self._max_sim_time:
                 self._advance(self._max_sim_time)
                 break
-            self._advance(when)
+            if on_grid:
+                self._advance(when)
+            else:  # _move, inlined: the loop runs once per client event
+                c.concurrency_area += len(self.in_flight) * (when - self.t)
+                self.t = when
             if kind == TIMER:
                 server.on_timer(self, payload)
             elif kind == DROP:
@@ -347,18 +352,18 @@ class Simulator:
                 self.c.compute_wasted += spent
                 server.on_failure(self, payload)
             else:
-                delta = self._delta(payload, server)
+                delta = payload.delta if payload.delta is not None else self._delta(payload, server)
                 self._release(payload, payload.compute)
-                self.c.client_updates += 1
-                self.c.bytes_up += self.upload_bytes
-                if self.valid(payload):
+                c.client_updates += 1
+                c.bytes_up += self.upload_bytes
+                if payload.check == 0 or self.valid(payload):
                     server.on_update(self, payload, delta)
                 else:
-                    self.c.compute_wasted += payload.compute
+                    c.compute_wasted += payload.compute
                     server.on_failure(self, payload)
                 payload.delta = None
-                if checkpoint is not None and every and self.c.client_updates % every == 0 and not self._done():
-                    checkpoint(self.c.client_updates, self.state_dict(server))
+                if checkpoint is not None and every and c.client_updates % every == 0 and not self._done():
+                    checkpoint(c.client_updates, self.state_dict(server))
         if cfg.eval_interval is None or not self.history or self.history[-1].time < self.t:
             self.evaluate()
         for task in list(self.in_flight.values()):  # work still running at the end is not wasted: it is unfinished

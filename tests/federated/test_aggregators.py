@@ -103,9 +103,13 @@ def test_fedasync_mixes_with_staleness_decayed_weight(make_server_cfg):
 def test_fedavg_weighted_mean_with_examples(make_server_cfg):
     x0 = torch.zeros(2)
     srv = FedAvgServer(make_server_cfg(mode="fedavg", weighting="examples", optimizer="sgd", lr=1.0), x0)
-    srv.reports = [(T(0, examples=1), torch.tensor([3.0, 0.0])), (T(0, examples=3), torch.tensor([-1.0, 4.0]))]
     sim = FakeSim(x0)
-    sim.in_flight = {}
+    sim.in_flight = {0: None}  # the round stays open until it is closed below
+    srv.goal = 3
     srv._new_round = lambda sim: None  # only the aggregation is under test here
+    srv.on_update(sim, T(0, examples=1), torch.tensor([3.0, 0.0]))
+    srv.on_update(sim, T(0, examples=3), torch.tensor([-1.0, 4.0]))
+    assert sim.steps == []
+    sim.in_flight = {}
     srv._close(sim)
     assert torch.allclose(sim.x, torch.tensor([0.0, 3.0]))  # (1*3 + 3*-1)/4, (0 + 12)/4

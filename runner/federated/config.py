@@ -134,7 +134,7 @@ class SimulationConfig:
     max_sim_time: float | None = None  # per algorithm: stop at this simulated time (seconds)
     stop_at_target: bool = False  # stop an algorithm once it reaches target_accuracy
     eval_interval: float | None = None  # null: evaluate every server model version; s: on the grid 0, s, 2s, ...
-    checkpoint_every: int = 1000  # uploads between in-simulation checkpoints (0: only finished stages)
+    checkpoint_every: int = 100  # server steps between in-simulation checkpoints (0: only finished stages)
     client: ClientConfig = field(default_factory=ClientConfig)
     clock: ClockConfig = field(default_factory=ClockConfig)
     faults: FaultConfig = field(default_factory=FaultConfig)

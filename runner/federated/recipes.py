@@ -7,7 +7,7 @@ time and bytes to the target accuracy.
 
 Every algorithm runs on the same population, device profiles, seed and client-selection stream, for the
 same budget of client updates, and is evaluated after every server step (or on one shared time grid).
-Each is a stage: it checkpoints the whole simulation every ``checkpoint_every`` uploads and is marked
+Each is a stage: it checkpoints the whole simulation every ``checkpoint_every`` server steps and is marked
 done when it finishes, so a killed run resumed in the same directory continues the stage from its last
 checkpoint, skips finished stages, and ends with the same results as an uninterrupted run.
 """
@@ -156,7 +156,7 @@ class Experiment:
         state = None if secure else self.ctx.restore(stage)  # the last in-simulation checkpoint, if any
         server = make_server(server_cfg, self.x0, agg)
         run = sim.run(server, state=state,
-                      checkpoint=None if secure else lambda updates, s: self.ctx.save(stage, updates, s))
+                      checkpoint=None if secure else lambda steps, s: self.ctx.save(stage, steps, s))
         result = summarise(run, sim_cfg.target_accuracy)
         if server.agg is not None:  # (a resumed stage's aggregation is the one restored with the server)
             result.update(server.agg.results())

@@ -12,7 +12,7 @@ the grid 0, s, 2s, ... (the same grid for every mode) is evaluated, for test set
 
 ``state_dict`` / ``load_state_dict`` capture the whole simulation (clock, heap, in-flight clients with
 their computed updates, RNG, counters, history and the server mode), so a stage resumed from an
-in-simulation checkpoint continues bit for bit.
+in-simulation checkpoint (taken every ``checkpoint_every`` server steps) continues bit for bit.
 
 Client training is lazy and batched: a client's update is computed when its report arrives, together
 with the other in-flight clients that will report (up to ``client.max_batch``), in one vectorised call.
@@ -145,6 +145,7 @@ class Simulator:
         self._stream = (CheckInStream(population, derive_seed(seed, "select"), trainer.examples)
                         if population.hashed and getattr(trainer, "batched", False) else None)
         self._grid_k = 0  # next point of the evaluation grid (eval_interval set): t = k * eval_interval
+        self._next_checkpoint = 0  # server steps at which the next in-simulation checkpoint is due
         self.reached_target = False
         self.halted: str | None = None  # why the server stopped training early (e.g. its privacy budget is spent)
         # config read on every event, as plain values (OmegaConf attribute access costs microseconds)
@@ -317,19 +318,21 @@ class Simulator:
             state: dict[str, Any] | None = None) -> SimulationResult:
         """Run ``server`` until the update budget, the time budget, or (optionally) the target accuracy.
 
-        ``checkpoint(client_updates, state)`` is called every ``checkpoint_every`` uploads; passing such a
-        ``state`` back (with a freshly built ``server``) continues the simulation exactly where it was.
+        ``checkpoint(server_steps, state)`` is called at the start and then after the event that brings the server
+        steps to the next multiple of ``checkpoint_every``; passing such a ``state`` back (with a freshly built
+        ``server``) continues the simulation exactly where it was.
         """
         cfg = self.cfg
+        every = cfg.checkpoint_every
         if state is None:
             if cfg.eval_interval is None:
                 self.evaluate()
             server.start(self)
-            if checkpoint is not None and cfg.checkpoint_every:
+            self._next_checkpoint = every
+            if checkpoint is not None and every:
                 checkpoint(0, self.state_dict(server))  # a resumed stage always rewinds to a checkpoint
         else:
             self.load_state_dict(state, server)
-        every = cfg.checkpoint_every
         heap, pop, c, on_grid = self._heap, heapq.heappop, self.c, self._eval_interval is not None
         while heap and not self._done():
             when, _, kind, payload = pop(heap)
@@ -362,8 +365,9 @@ class Simulator:
                     c.compute_wasted += payload.compute
                     server.on_failure(self, payload)
                 payload.delta = None
-                if checkpoint is not None and every and c.client_updates % every == 0 and not self._done():
-                    checkpoint(c.client_updates, self.state_dict(server))
+            if every and c.server_steps >= self._next_checkpoint and checkpoint is not None and not self._done():
+                self._next_checkpoint = (c.server_steps // every + 1) * every
+                checkpoint(c.server_steps, self.state_dict(server))
         if cfg.eval_interval is None or not self.history or self.history[-1].time < self.t:
             self.evaluate()
         for task in list(self.in_flight.values()):  # work still running at the end is not wasted: it is unfinished
@@ -372,7 +376,7 @@ class Simulator:
 
     # ------------------------------------------------------------------ checkpoints
     _STATE = ("x", "version", "t", "in_flight", "busy", "c", "history", "_heap", "_seq", "_next_task", "_grid_k",
-              "reached_target", "halted")
+              "reached_target", "halted", "_next_checkpoint")
 
     def state_dict(self, server: Server) -> dict[str, Any]:
         """Everything the rest of the simulation depends on (tasks keep their identity across heap/in_flight)."""

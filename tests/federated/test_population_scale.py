@@ -140,7 +140,7 @@ def test_checkin_stream_resumes_and_respects_busy_and_availability():
 
 def test_hashed_simulation_resumes_exactly(make_sim_cfg, make_server_cfg):
     s = spec(0, {"sampler": "hash"}, local_epochs=1, batch_size=5, max_batch=16)
-    cfg = make_sim_cfg(concurrency=12, max_client_updates=80, checkpoint_every=30, client=s.client,
+    cfg = make_sim_cfg(concurrency=12, max_client_updates=80, checkpoint_every=5, client=s.client,
                        clock={"dropout_rate": 0.003, "time_zones": [0.0, 9.0], "window_hours": [3.0, 8.0],
                               "uplink_bandwidth": 3.0e5})
 
@@ -163,7 +163,8 @@ def test_hashed_simulation_resumes_exactly(make_sim_cfg, make_server_cfg):
     sim, server = build()
     full = sim.run(server, checkpoint=keep)
     fresh, server2 = build()
-    resumed = fresh.run(server2, state=saved[30])
+    assert sorted(saved) == [0, 5, 10, 15]  # FedBuff K=4, 80 uploads: 20 server steps
+    resumed = fresh.run(server2, state=saved[10])
     assert resumed.history == full.history and torch.equal(resumed.final_model, full.final_model)
     assert resumed.counters == full.counters and full.counters.dropouts > 0
 

@@ -169,7 +169,7 @@ def test_dp_simulation_resumes_from_a_checkpoint_to_the_same_model_and_spend(mak
     import io
 
     server = make_server_cfg(mode="fedbuff", buffer_size=4, lr=1.0)
-    cfg = make_sim_cfg(concurrency=8, max_client_updates=48, checkpoint_every=20, dp={"clip_norm": 0.3})
+    cfg = make_sim_cfg(concurrency=8, max_client_updates=48, checkpoint_every=5, dp={"clip_norm": 0.3})
     trainer = build_trainer(make_spec(0))
     x0 = trainer.space.flatten(trainer.model)
     xt, yt = trainer.data.test_set()
@@ -182,8 +182,8 @@ def test_dp_simulation_resumes_from_a_checkpoint_to_the_same_model_and_spend(mak
 
     saved = {}
 
-    def checkpoint(updates, state):
-        if updates == 20:
+    def checkpoint(steps, state):
+        if steps == 5:
             buf = io.BytesIO()
             torch.save(state, buf)
             saved["state"] = buf.getvalue()

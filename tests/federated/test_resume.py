@@ -1,21 +1,21 @@
 """Kill -9 a fedbuff run mid-stage, resume it in the same run.dir: same results and metric log as a clean run.
 
 The simulator checkpoints its whole state (clock, heap, in-flight clients, RNG, server) every
-``checkpoint_every`` uploads, and finished stages are skipped, so the resumed run is exact.
+``checkpoint_every`` server steps, and finished stages are skipped, so the resumed run is exact.
 """
 
 from __future__ import annotations
 
 from tests.conftest import kill_runner_when, resume_and_compare
 
-ARGS = ("+recipe=fedbuff", "run.smoke=true", "run.progress=false", "algorithm.checkpoint_every=25",
+ARGS = ("+recipe=fedbuff", "run.smoke=true", "run.progress=false", "algorithm.checkpoint_every=5",
         "algorithm.max_client_updates=300")
 
 
 def test_fedbuff_killed_mid_stage_resumes_to_the_same_results(tmp_path):
     killed, clean = tmp_path / "killed", tmp_path / "clean"
     stage = killed / "checkpoints" / "fedavgm"  # the second of three stages: one done, one mid-way
-    kill_runner_when([*ARGS, f"run.dir={killed}"], (stage / "step_50.pt").exists)
+    kill_runner_when([*ARGS, f"run.dir={killed}"], (stage / "step_10.pt").exists)
     assert (killed / "checkpoints" / "fedbuff" / "done.json").exists()
     assert not (stage / "done.json").exists() and not (killed / "results.json").exists(), "killed mid-stage"
 

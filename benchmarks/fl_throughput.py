@@ -75,14 +75,17 @@ def sequential_loop(trainer: LocalTrainer, clients: int) -> tuple[float, float]:
 
 
 def kernel_rate(trainer: LocalTrainer, clients: int) -> float:
-    """Updates/s of one vectorised call (plans derived inside), as the simulator's backend makes it."""
+    """Updates/s of one vectorised call (plans derived inside), as the simulator's backend makes it (best of 3)."""
     x0 = trainer.space.flatten(trainer.model)
     cids = np.arange(clients) + 2 * 10**7
     starts = torch.stack([x0] * clients)
     trainer.train_clients(starts[:8], cids[:8], cids[:8])  # warm up
-    t0 = time.perf_counter()
-    trainer.train_clients(starts, cids, cids)
-    return clients / (time.perf_counter() - t0)
+    best = float("inf")
+    for _ in range(3):  # best of three: the machine is shared
+        t0 = time.perf_counter()
+        trainer.train_clients(starts, cids, cids)
+        best = min(best, time.perf_counter() - t0)
+    return clients / best
 
 
 def end_to_end(trainer: LocalTrainer, concurrency: int, updates: int, mode: str = "fedavg") -> dict[str, Any]:

@@ -16,6 +16,11 @@ Baselines at the same upload size: ``random_mask`` — k coordinates of Δ chose
 ``structured_mask`` (Konečný et al. 2016's structured update with a random mask) — the client's local SGD
 moves only k seed-derived coordinates, and it uploads their values.
 
+Two options for small budgets (``FedSynthOptions``): ``input_coefficients`` stores each synthetic input as its r
+lowest 2-D DCT frequencies (a basis both sides know, ``dct_basis``), so more examples fit in the budget; and
+``residual_fraction`` spends that share of the budget on a random mask of the residual Δ − Δ_syn rescaled by
+P/k', so the server's Δ̂ = Δ_syn + sketch is unbiased like masking, with masking's variance on the residual only.
+
 All are *update codecs* (:class:`runner.federated.client.UpdateCodec`): Δ → the Δ̂ the server sees, and
 the floats a client uploads, which the simulator's clock charges (the extra on-device compute of fitting S is
 not charged: a device's compute time is that of its local training). S starts (``init``) at m of the client's
@@ -64,11 +69,36 @@ def synthetic_floats(examples: int, input_dim: int, num_classes: int, learn_lr: 
     return examples * (input_dim + num_classes) + int(learn_lr)
 
 
-class InnerProblem:
-    """The model as a function of flat parameters, for the inner SGD steps on a synthetic set."""
+def dct_basis(image_shape: Sequence[int], coefficients: int) -> torch.Tensor:
+    """The ``coefficients`` lowest-frequency vectors of the orthonormal 2-D DCT-II of images [*channels, H, W]
+    (ordered by u + v, then u; each channel its own), as orthonormal columns [prod(shape), channels·coefficients]."""
+    *lead, h, w = image_shape
+    if not 1 <= coefficients <= h * w:
+        raise ConfigError(f"fedsynth.input_coefficients={coefficients} must be in [1, {h * w}] (an {h}x{w} image)")
 
-    def __init__(self, trainer: LocalTrainer):
-        self.model, self.space = trainer.model, trainer.space
+    def dct(n: int) -> torch.Tensor:  # [frequency, position], orthonormal rows
+        k, i = torch.arange(n, dtype=torch.float64)[:, None], torch.arange(n, dtype=torch.float64)[None]
+        c = torch.cos(math.pi * (2 * i + 1) * k / (2 * n)) * math.sqrt(2.0 / n)
+        c[0] /= math.sqrt(2.0)
+        return c
+
+    freqs = sorted(((u, v) for u in range(h) for v in range(w)), key=lambda f: (f[0] + f[1], f[0]))[:coefficients]
+    ch, cw = dct(h), dct(w)
+    one = torch.stack([torch.outer(ch[u], cw[v]).reshape(-1) for u, v in freqs], dim=1)  # [H·W, r]
+    return torch.kron(torch.eye(math.prod(lead)), one.float()) if lead else one.float()
+
+
+class InnerProblem:
+    """The model as a function of flat parameters, for the inner SGD steps on a synthetic set. With a ``basis``
+    [dim x, r] both sides know, a synthetic input is stored (and uploaded) as its r coefficients in it."""
+
+    def __init__(self, trainer: LocalTrainer, basis: torch.Tensor | None = None):
+        self.model, self.space, self.basis = trainer.model, trainer.space, basis
+        self.input_shape = tuple(trainer.data.input_shape)
+
+    def inputs(self, x: torch.Tensor) -> torch.Tensor:
+        """The model's inputs [m, *input_shape] from the stored synthetic inputs (coefficients when a basis)."""
+        return x if self.basis is None else (x @ self.basis.T).reshape(*x.shape[:-1], *self.input_shape)
 
     def loss(self, w: torch.Tensor, x: torch.Tensor, soft: torch.Tensor) -> torch.Tensor:
         """Mean cross-entropy of f(x; w) against soft labels ``soft`` (rows on the simplex)."""
@@ -87,7 +117,7 @@ def replay_inner_steps(problem: InnerProblem, w: torch.Tensor, s: SyntheticSet, 
     g = grad(problem.loss)
     wj = w
     for _ in range(inner_steps):
-        wj = wj - lr * g(wj, s.x, soft)
+        wj = wj - lr * g(wj, problem.inputs(s.x), soft)
     return wj - w
 
 
@@ -181,6 +211,11 @@ class FedSynthOptions:
     # frequent first (class prototypes; m = 1: the shard's mean) | noise: X̃ ~ N(0, 1), uniform Ỹ
     init_lr: float | None = None  # η̃ at the start; null: client lr × local steps (or epochs) / inner_steps
     label_scale: float = 3.0  # initial logits: label_scale × (one-hot label, or label frequencies)
+    input_coefficients: int | None = None  # null: each synthetic input is uploaded whole | r: as its r lowest 2-D
+    # DCT frequencies (per channel), and the set holds as many examples as the budget's floats then allow
+    image_shape: list[int] | None = None  # [H, W] of flat inputs, for the DCT (null: the input's last two dims)
+    residual_fraction: float = 0.0  # this share of the budget uploads a random mask of Δ − Δ_syn, rescaled (so
+    # the server's Δ̂ = Δ_syn + that sketch is unbiased); the synthetic set gets the rest
 
     @staticmethod
     def check(o: Any, key: str) -> None:
@@ -190,28 +225,50 @@ class FedSynthOptions:
             raise ConfigError(f"{key}.lr and {key}.init_lr must be > 0")
         if o.init not in ("real", "mean", "class", "noise"):
             raise ConfigError(f"{key}.init='{o.init}' must be real, mean, class or noise")
+        if not 0.0 <= o.residual_fraction < 1.0:
+            raise ConfigError(f"{key}.residual_fraction={o.residual_fraction} must be in [0, 1)")
+        if o.input_coefficients is not None and o.input_coefficients < 1:
+            raise ConfigError(f"{key}.input_coefficients={o.input_coefficients} must be >= 1 or null")
 
 
 class FedSynthCodec:
-    """Δ → the synthetic set of ``examples`` inputs a client learns and uploads → the Δ_syn the server replays."""
+    """Δ → the synthetic set a client learns and uploads → the Δ_syn the server replays. The budget is
+    ``examples`` whole synthetic examples (``synthetic_floats``); with ``input_coefficients`` r, each input is
+    uploaded as r DCT coefficients, and the set holds as many such examples as fit in that budget."""
 
     def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
         opts = dict(cfg)
-        self.examples = int(opts.pop("examples"))
+        budget_examples = int(opts.pop("examples"))
         self.cfg = FedSynthOptions(**opts)
         FedSynthOptions.check(self.cfg, "fedsynth")
-        if self.examples < 1:
-            raise ConfigError(f"fedsynth: the synthetic set needs >= 1 example, got {self.examples}")
+        if budget_examples < 1:
+            raise ConfigError(f"fedsynth: the synthetic set needs >= 1 example, got {budget_examples}")
         data = trainer.data
         if not data.input_dtype.is_floating_point:
             raise ConfigError("FedSynth learns continuous synthetic inputs, but the dataset's inputs are tokens "
                               f"({data.input_dtype}): use an image or feature dataset")
-        self.problem = InnerProblem(trainer)
         self.input_shape, self.num_classes, self.seed = tuple(data.input_shape), data.num_classes, trainer.seed
+        dim, lr_floats = math.prod(self.input_shape), int(self.cfg.learn_lr)
+        self.budget = synthetic_floats(budget_examples, dim, self.num_classes, self.cfg.learn_lr)
+        basis = None
+        if self.cfg.input_coefficients is not None:
+            image = list(self.input_shape)
+            if self.cfg.image_shape is not None:
+                hw = math.prod(self.cfg.image_shape)
+                image = ([dim // hw] if dim != hw else []) + list(self.cfg.image_shape)
+            if len(image) < 2 or math.prod(image) != dim:
+                raise ConfigError(f"fedsynth.image_shape={self.cfg.image_shape}: the DCT needs the inputs "
+                                  f"{list(self.input_shape)} as [*channels, H, W] images (set [H, W])")
+            basis = dct_basis(image, self.cfg.input_coefficients)
+        per_example = (dim if basis is None else basis.shape[1]) + self.num_classes
+        self.residual_floats = int(self.cfg.residual_fraction * self.budget)
+        self.examples = (self.budget - self.residual_floats - lr_floats) // per_example  # the set's size m
+        if self.examples < 1:
+            raise ConfigError(f"fedsynth: one example of {per_example} floats exceeds the budget of {self.budget}")
+        self.problem = InnerProblem(trainer, basis)
         steps = trainer.local_epochs or trainer.local_steps
         self.init_lr = self.cfg.init_lr or trainer.lr * steps / self.cfg.inner_steps
-        self.upload_floats = synthetic_floats(self.examples, math.prod(self.input_shape), self.num_classes,
-                                              self.cfg.learn_lr)
+        self.upload_floats = self.examples * per_example + lr_floats + self.residual_floats  # <= budget
 
     def initial_set(self, plan: TrainPlan) -> SyntheticSet:
         """The client's starting S, drawn from ``(seed, client, draw)``."""
@@ -238,6 +295,8 @@ class FedSynthCodec:
         else:
             x = torch.randn((m, *self.input_shape), generator=gen)
             y = torch.zeros(m, self.num_classes)
+        if self.problem.basis is not None:  # the coefficients of x's projection onto the (orthonormal) basis
+            x = x.reshape(m, -1) @ self.problem.basis
         return SyntheticSet(x, y, torch.tensor(math.log(self.init_lr)))
 
     def encode(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> SyntheticSet:
@@ -256,8 +315,12 @@ class FedSynthCodec:
 
     def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
         s = self.encode(x0s, deltas, plans)
-        return torch.stack([self.decode(w, SyntheticSet(s.x[i], s.y_logits[i], s.log_lr[i]))
-                            for i, w in enumerate(x0s)])
+        syn = torch.stack([self.decode(w, SyntheticSet(s.x[i], s.y_logits[i], s.log_lr[i])) for i, w in enumerate(x0s)])
+        if not self.residual_floats:
+            return syn
+        return syn + torch.stack([random_mask(d - ds, self.residual_floats, derive_seed(self.seed, "fedsynth-residual",
+                                                                                        p.cid, p.draw), True)
+                                  for d, ds, p in zip(deltas, syn, plans)])
 
 
 @dataclass
@@ -346,6 +409,8 @@ class FedSynthConfig(SimulationConfig):
     structured_mask: StructuredMaskOptions = field(default_factory=StructuredMaskOptions)
     baselines: list[str] = field(default_factory=lambda: ["random_mask", "structured_mask"])
     server_lr: MethodServerLR = field(default_factory=lambda: MethodServerLR())
+    # {m: {FedSynth options, and server_lr}}: FedSynth's settings at the budget of m examples, over ``fedsynth``
+    fedsynth_by_budget: dict[int, Any] = field(default_factory=dict)
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
@@ -360,6 +425,16 @@ class FedSynthConfig(SimulationConfig):
             raise ConfigError(f"algorithm.baselines={list(a.baselines)} must be distinct names of {list(_BASELINES)}")
         if any(v is not None and v <= 0 for v in a.server_lr.values()):
             raise ConfigError(f"algorithm.server_lr={dict(a.server_lr)}: each must be > 0 or null (server.lr)")
+        fields = set(FedSynthOptions.__dataclass_fields__) | {"server_lr"}
+        for m, over in a.fedsynth_by_budget.items():
+            key = f"algorithm.fedsynth_by_budget.{m}"
+            if not isinstance(m, int) or m < 1 or not set(over) <= fields:  # a size not in synthetic_examples: unused
+                raise ConfigError(f"{key}: the key must be a synthetic-set size m >= 1 and its settings among "
+                                  f"{sorted(fields)}")
+            if over.get("server_lr", 1.0) <= 0:
+                raise ConfigError(f"{key}.server_lr must be > 0")
+            FedSynthOptions.check(OmegaConf.merge(a.fedsynth, {k: v for k, v in over.items() if k != "server_lr"}),
+                                  key)
         if cfg.dataset.kind in ("sent140", "shakespeare"):
             raise ConfigError(f"dataset={cfg.dataset.name}: FedSynth learns continuous synthetic inputs, "
                               "and this dataset's inputs are tokens (use an image or feature dataset)")
@@ -385,21 +460,28 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     concurrency = a.server.concurrency or a.concurrency
     fedsynth_opts = OmegaConf.to_container(a.fedsynth, resolve=True)
     baselines = list(a.baselines)
+    data = exp.trainer.data
 
-    def stage(name: str, codec: dict[str, Any] | None) -> dict[str, Any]:
+    def stage(name: str, codec: dict[str, Any] | None, lr: float | None = None) -> dict[str, Any]:
         floats = _use_codec(exp, cfg, codec)
         method = codec["name"] if codec else "full"
-        server = OmegaConf.merge(a.server, {"lr": a.server_lr[method] or a.server.lr})
-        r = exp.simulate(name, server, concurrency, cfg.privacy.epsilon)  # DP clips and noises the decoded Δ̂
+        lr = lr or a.server_lr[method] or a.server.lr
+        r = exp.simulate(name, OmegaConf.merge(a.server, {"lr": lr}), concurrency, cfg.privacy.epsilon)  # DP clips
+        # and noises the decoded Δ̂
+        c = exp.trainer.codec
+        size = {"set_examples": c.examples, "residual_floats": c.residual_floats} if method == "fedsynth" else {}
         return {**{k: r[k] for k in _REPORTED if k in r}, **({"privacy": r["privacy"]} if "privacy" in r else {}),
-                "upload_floats": floats, "upload_fraction": floats / num_params, "history": r["history"]}
+                "upload_floats": floats, "upload_fraction": floats / num_params, "server_lr": lr, **size,
+                "history": r["history"]}
 
     try:
         runs = {"full": stage("full", None)}
         by_budget: dict[str, dict[str, Any]] = {}
         for m in a.synthetic_examples:
-            fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts})
-            k = fs["upload_floats"]
+            over = dict(OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(m, {}))
+            fs_lr = over.pop("server_lr", None)
+            fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts, **over}, fs_lr)
+            k = synthetic_floats(m, math.prod(data.input_shape), data.num_classes, a.fedsynth.learn_lr)  # the budget
             runs[f"fedsynth {k} floats"] = fs
             by_budget[str(k)] = {"synthetic_examples": m, "fedsynth": fs}
             for b in baselines:

@@ -22,6 +22,7 @@ from runner.federated.fedsynth import (
     InnerProblem,
     StructuredMaskCodec,
     SyntheticSet,
+    dct_basis,
     learn_synthetic_set,
     random_mask,
     replay_inner_steps,
@@ -287,3 +288,54 @@ def test_class_init_starts_at_class_prototypes(make_spec):
     one = FedSynthCodec({"examples": 1, "init": "class", "label_scale": 2.0}, trainer).initial_set(plan)
     torch.testing.assert_close(one.x[0], x.mean(0))
     torch.testing.assert_close(one.y_logits[0], 2.0 * torch.tensor([0, 0, 0, 0.75, 0, 0, 0, 0.25, 0, 0]))
+
+
+def test_dct_basis_gives_scipys_lowest_frequency_coefficients():
+    """The basis' columns are orthonormal, and an image's coefficients in it are scipy's orthonormal 2-D DCT-II at
+    the r lowest frequencies (by u + v, then u); with channels, each channel's own."""
+    from scipy.fft import dctn
+
+    b = dct_basis([8, 8], 27)
+    torch.testing.assert_close(b.T @ b, torch.eye(27), atol=1e-5, rtol=0)
+    img = torch.rand(8, 8, dtype=torch.float64)
+    ref = dctn(img.numpy(), norm="ortho")
+    freqs = sorted(((u, v) for u in range(8) for v in range(8)), key=lambda f: (f[0] + f[1], f[0]))[:27]
+    assert freqs[:4] == [(0, 0), (0, 1), (1, 0), (0, 2)]
+    got = img.reshape(-1).float() @ b
+    torch.testing.assert_close(got, torch.tensor([ref[u, v] for u, v in freqs], dtype=torch.float32),
+                               atol=1e-5, rtol=0)
+    two = dct_basis([2, 8, 8], 5)  # [128, 10]: channel 0's 5 coefficients, then channel 1's
+    x = torch.rand(2, 8, 8)
+    torch.testing.assert_close(x.reshape(-1) @ two, torch.cat([x[0].reshape(-1) @ b[:, :5],
+                                                              x[1].reshape(-1) @ b[:, :5]]))
+    with pytest.raises(ConfigError, match="input_coefficients"):
+        dct_basis([8, 8], 65)
+
+
+def test_low_frequency_set_with_an_unbiased_residual_sketch(make_spec):
+    """At the 1% budget of the recipe (75 floats): one synthetic example stored as 27 DCT coefficients (27 + 10 + 1
+    floats) and a random mask of the residual on the other 37 floats, rescaled by P/37. The server's Δ̂ is the replay
+    of the set on the decoded input plus that sketch, so E[Δ̂] = Δ over the mask (random_mask's unbiasedness)."""
+    trainer = build_trainer(make_spec(data_kw={"num_clients": 10_000, "samples_per_client": 32}))
+    x0s, deltas, plans = _clients(trainer, 3)
+    codec = FedSynthCodec({"examples": 1, "init": "class", "input_coefficients": 27, "image_shape": [8, 8],
+                           "residual_fraction": 0.5, "iterations": 20}, trainer)
+    assert (codec.examples, codec.residual_floats, codec.upload_floats) == (1, 37, 75)
+    s = codec.encode(x0s, deltas, plans)
+    assert s.x.shape == (3, 1, 27) and s.y_logits.shape == (3, 1, 10)  # 27 + 10 + 1 floats per client
+    # the set's replay on the decoded input (the coefficients mapped back through scipy-checked DCT basis)
+    problem = InnerProblem(trainer)
+    images = s.x @ dct_basis([8, 8], 27).T
+    syn = torch.stack([replay_inner_steps(problem, x0s[i], SyntheticSet(images[i], s.y_logits[i], s.log_lr[i]), 1)
+                       for i in range(3)])
+    got = codec(x0s, deltas, plans)
+    p = trainer.space.size
+    for i, plan in enumerate(plans):
+        kept = torch.zeros(p, dtype=torch.bool)
+        kept[torch.randperm(p, generator=torch.Generator().manual_seed(
+            derive_seed(0, "fedsynth-residual", plan.cid, plan.draw)))[:37]] = True
+        torch.testing.assert_close(got[i][~kept], syn[i][~kept], rtol=1e-4, atol=1e-7)
+        torch.testing.assert_close(got[i][kept], syn[i][kept] + (p / 37) * (deltas[i] - syn[i])[kept],
+                                   rtol=1e-4, atol=1e-6)
+    with pytest.raises(ConfigError, match="exceeds the budget"):
+        FedSynthCodec({"examples": 1, "residual_fraction": 0.5}, trainer)  # a whole example (74) > 75 - 37

@@ -98,8 +98,8 @@ REGISTRY: dict[str, dict[str, Entry]] = {
     },
     "fl_codec": {
         "fedsynth": _e("runner.federated.fedsynth:FedSynthCodec"),
-        "random_mask": _e("runner.federated.fedsynth:RandomMaskCodec"),
-        "structured_mask": _e("runner.federated.fedsynth:StructuredMaskCodec"),
+        "random_mask": _e("runner.federated.masks:RandomMaskCodec"),
+        "structured_mask": _e("runner.federated.masks:StructuredMaskCodec"),
     },
     "rollout": {
         "hf": _e("runner.rollout.hf:HFEngine"),

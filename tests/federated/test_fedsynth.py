@@ -1,4 +1,4 @@
-"""FedSynth and random masking: the server's replay, the synthetic-set fit against a closed form, the mask's
+"""FedSynth and the mask baselines: the server's replay, the synthetic-set fit against a closed form, the mask's
 size and unbiasedness, every server mode through the update-codec hook, and the recipe's direction."""
 
 from __future__ import annotations
@@ -20,14 +20,13 @@ from runner.federated.client import LocalTrainer, TrainPlan
 from runner.federated.fedsynth import (
     FedSynthCodec,
     InnerProblem,
-    StructuredMaskCodec,
     SyntheticSet,
     dct_basis,
     learn_synthetic_set,
-    random_mask,
     replay_inner_steps,
     synthetic_floats,
 )
+from runner.federated.masks import StructuredMaskCodec, random_mask
 from runner.federated.population import Population
 from runner.federated.simulator import Simulator
 

@@ -69,3 +69,19 @@ def test_simulation_on_ray_equals_local(backend, make_sim_cfg, make_server_cfg):
     assert remote.counters == local.counters and remote.history == local.history
     assert torch.equal(remote.final_model, local.final_model)
     assert local.counters.dropouts > 0 and local.history[-1].loss < local.history[0].loss  # it trained
+
+
+def test_ray_scaling_benchmark_prints_its_json():
+    """The Ray scaling command the issue's Done-when line reads (small sizes; its own local Ray)."""
+    import json
+    import subprocess
+    import sys
+
+    out = subprocess.run([sys.executable, "benchmarks/fl_ray_scaling.py", "--json", "--clients", "96",
+                          "--per-task", "16", "--repeats", "1"], capture_output=True, text=True, check=True,
+                         timeout=300)
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    one, two = r["actors"]["1"], r["actors"]["2"]
+    assert one["speedup"] == 1.0 and r["speedup_2_over_1"] == pytest.approx(two["updates_per_s"] / one["updates_per_s"])
+    assert len(two["utilisation_per_actor"]) == 2 and all(0 < u <= 1 for u in two["utilisation_per_actor"])
+    assert r["utilisation_2_actors"] == pytest.approx(sum(two["utilisation_per_actor"]) / 2)

@@ -183,11 +183,14 @@ def test_ray_batches_must_feed_every_actor():
 
 def test_throughput_benchmark_prints_its_json():
     out = subprocess.run([sys.executable, "benchmarks/fl_throughput.py", "--json", "--updates", "400",
-                          "--concurrency", "50", "--sequential-clients", "20", "--kernel-clients", "64"],
+                          "--concurrency", "50", "--sequential-clients", "20", "--kernel-clients", "64",
+                          "--repeats", "2"],
                          capture_output=True, text=True, check=True, timeout=300)
     r = json.loads(out.stdout.strip().splitlines()[-1])
     for key in ("end_to_end_updates_per_s", "sequential_updates_per_s", "end_to_end_over_sequential", "peak_rss_mb"):
         assert r[key] > 0 and math.isfinite(r[key]), key
     assert r["client_updates"] == 400 and r["population"] == 10**8
-    seq = (r["sequential_updates_per_s"] + r["sequential_after_updates_per_s"]) / 2
-    assert r["end_to_end_over_sequential"] == pytest.approx(r["end_to_end_updates_per_s"] / seq)
+    assert r["sequential_updates_per_s"] == max(r["sequential_runs_updates_per_s"])  # best of the alternating runs
+    assert r["end_to_end_updates_per_s"] == max(r["end_to_end_runs_updates_per_s"])
+    ratio = r["end_to_end_updates_per_s"] / r["sequential_updates_per_s"]
+    assert r["end_to_end_over_sequential"] == pytest.approx(ratio)

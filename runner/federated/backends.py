@@ -132,6 +132,7 @@ class RayBackend:
 
     def reset_stats(self) -> None:
         self.busy = [0.0] * len(self.actors)
+        self.cpu = [0.0] * len(self.actors)  # CPU seconds the actors' processes got during their tasks
         self.wall = 0.0
         self.tasks = [0] * len(self.actors)
 
@@ -143,6 +144,11 @@ class RayBackend:
         """The actors' mean :meth:`utilisation_per_actor`."""
         per = self.utilisation_per_actor()
         return sum(per) / len(per) if per else 0.0
+
+    def cores_used(self) -> float:
+        """CPU seconds of all actors during their tasks / wall seconds of :meth:`train`: the cores the actors
+        actually got (below the number of actors when other processes share the machine's cores)."""
+        return sum(self.cpu) / self.wall if self.wall > 0 else 0.0
 
     def _ref(self, x0: torch.Tensor) -> Any:
         """A start model as tasks carry it: put into the object store once (the last 8 models stay cached), or
@@ -183,8 +189,9 @@ class RayBackend:
                 done, _ = self.ray.wait(list(pending), num_returns=1)
                 for ref in done:
                     off, n, a = pending.pop(ref)
-                    delta, busy = self.ray.get(ref)
+                    delta, busy, cpu = self.ray.get(ref)
                     self.busy[a] += busy
+                    self.cpu[a] += cpu
                     self.tasks[a] += 1
                     queued[a] -= 1
                     while todo and queued[a] < self.in_flight:
@@ -242,10 +249,11 @@ class _TrainerActor:
         return ray.get_runtime_context().get_node_id()
 
     def train(self, ids: np.ndarray, target: tuple[str, tuple[int, int], int] | None,
-              *bases: np.ndarray) -> tuple[np.ndarray | None, float]:
-        """Δ of one chunk (see :func:`_payload`; ``bases`` arrive from the object store) and the seconds spent on
-        it. With a ``target`` (shared file, its shape, first row) Δ is written there and None returned."""
-        t0 = time.perf_counter()
+              *bases: np.ndarray) -> tuple[np.ndarray | None, float, float]:
+        """Δ of one chunk (see :func:`_payload`; ``bases`` arrive by value or from the object store), and the
+        wall and CPU seconds spent on it. With a ``target`` (shared file, its shape, first row) Δ is written
+        there and None returned."""
+        t0, c0 = time.perf_counter(), time.process_time()
         starts = torch.from_numpy(np.stack(bases)[ids[2]])
         out = self.trainer.train_clients(starts, ids[0].tolist(), ids[1].tolist()).numpy()
         if target is not None:
@@ -254,7 +262,7 @@ class _TrainerActor:
                 self._rows = path, np.memmap(path, np.float32, "r+", shape=shape)
             self._rows[1][off:off + len(out)] = out
             out = None
-        return out, time.perf_counter() - t0
+        return out, time.perf_counter() - t0, time.process_time() - c0
 
 
 def make_backend(cfg: Any, trainer: LocalTrainer, spec: TrainerSpec) -> Backend:

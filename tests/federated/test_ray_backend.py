@@ -41,6 +41,7 @@ def test_ray_chunks_equal_local_and_every_actor_works(backend):
     per_actor = backend.utilisation_per_actor()
     assert len(per_actor) == 2 and all(0.0 < u <= 1.0 for u in per_actor)
     assert backend.utilisation() == pytest.approx(sum(backend.busy) / (2 * backend.wall))
+    assert backend.cores_used() == pytest.approx(sum(backend.cpu) / backend.wall) and min(backend.cpu) > 0.0
     assert backend.shared  # same node: Δ rows come back through a shared-memory file
     assert torch.equal(remote, LocalBackend(trainer, 3).train(jobs))
     backend.shared = False  # the path for actors on other nodes: Δ returned through the object store
@@ -85,3 +86,4 @@ def test_ray_scaling_benchmark_prints_its_json():
     assert one["speedup"] == 1.0 and r["speedup_2_over_1"] == pytest.approx(two["updates_per_s"] / one["updates_per_s"])
     assert len(two["utilisation_per_actor"]) == 2 and all(0 < u <= 1 for u in two["utilisation_per_actor"])
     assert r["utilisation_2_actors"] == pytest.approx(sum(two["utilisation_per_actor"]) / 2)
+    assert two["cores_used"] > 0 and r["cores_used_2_actors"] == two["cores_used"]

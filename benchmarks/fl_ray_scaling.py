@@ -71,12 +71,15 @@ def main() -> None:
     ap.add_argument("--per-task", type=int, default=512)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--in-flight", type=int, default=2, help="tasks submitted per actor and not yet collected")
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     torch.set_num_threads(1)
     out: dict[str, Any] = {"workload": "digits MLP 64-64-10, 1 local epoch, batch 10", "clients": args.clients,
                            "clients_per_task": args.per_task, "load_average_1min_before": os.getloadavg()[0]}
-    out["actors"] = ray_scaling(workload_spec(), args.clients, tuple(args.workers), args.per_task, args.repeats)
+    out["in_flight"] = args.in_flight
+    out["actors"] = ray_scaling(workload_spec(), args.clients, tuple(args.workers), args.per_task, args.repeats,
+                                args.in_flight)
     two = out["actors"].get("2")
     if two is not None:
         out["speedup_2_over_1"] = two["speedup"]

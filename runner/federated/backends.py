@@ -271,5 +271,5 @@ def make_backend(cfg: Any, trainer: LocalTrainer, spec: TrainerSpec) -> Backend:
 
     cls = registry.get("fl_backend", cfg.name)
     if cfg.name == "ray":
-        return cls(spec, cfg.clients_per_task, cfg.num_workers, cfg.address)
+        return cls(spec, cfg.clients_per_task, cfg.num_workers, cfg.address, cfg.get("in_flight", 2))
     return cls(trainer, cfg.clients_per_task)

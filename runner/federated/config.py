@@ -67,6 +67,7 @@ class BackendConfig:
     name: str = "local"
     clients_per_task: int = 64  # clients per vectorised call / Ray task (same chunks on both backends)
     num_workers: int = 2  # ray actors
+    in_flight: int = 2  # ray: tasks submitted to an actor and not yet collected (one running, the rest queued)
     address: str | None = None  # ray cluster address; null starts a local Ray
 
 
@@ -224,8 +225,8 @@ def check_simulation(cfg: DictConfig) -> None:
         raise ConfigError("algorithm.faults: max_update_norm must be > 0 and nan_rate + blowup_rate in [0, 1]")
     if a.backend.name not in ("local", "ray"):
         raise ConfigError(f"algorithm.backend.name='{a.backend.name}' must be local or ray")
-    if a.backend.clients_per_task < 1 or a.backend.num_workers < 1:
-        raise ConfigError("algorithm.backend.clients_per_task and num_workers must be >= 1")
+    if a.backend.clients_per_task < 1 or a.backend.num_workers < 1 or a.backend.in_flight < 1:
+        raise ConfigError("algorithm.backend.clients_per_task, num_workers and in_flight must be >= 1")
     b = a.backend
     if b.name == "ray" and c.max_batch < b.clients_per_task * b.num_workers:
         raise ConfigError(f"algorithm.client.max_batch={c.max_batch} must be >= backend.clients_per_task × "

@@ -10,6 +10,7 @@ models of a chunk travel to it.
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import time
 from collections import OrderedDict, deque
@@ -166,7 +167,8 @@ class RayBackend:
         if not jobs:
             return torch.empty(0, 0)
         shape = (len(jobs), jobs[0].x0.numel())
-        path, rows = _shared_rows(shape) if self.shared else (None, np.empty(shape, np.float32))
+        shared = _shared_rows(shape) if self.shared else None
+        path, rows = shared if shared is not None else (None, np.empty(shape, np.float32))
         todo = deque()
         for k, c in enumerate(chunks(jobs, self.size)):
             ids, bases = _payload(c)
@@ -213,12 +215,16 @@ class RayBackend:
             self.ray.shutdown()
 
 
-def _shared_rows(shape: tuple[int, int]) -> tuple[str, np.ndarray]:
-    """A new float32 array in a shared-memory file (``/dev/shm``) that actors on this node write rows of Δ into.
+def _shared_rows(shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
+    """A new float32 array in a shared-memory file (``/dev/shm``) that actors on this node write rows of Δ into,
+    or None when ``/dev/shm`` is missing or has less than twice its size free (containers often give it 64 MB;
+    writing past a full tmpfs is a SIGBUS), and Δ goes through the object store instead.
 
     A new file per call: no copy out (the returned tensor maps it, and lives on as the simulator's deltas),
     and no page is written by two processes."""
-    folder = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    folder = "/dev/shm"
+    if not os.path.isdir(folder) or shutil.disk_usage(folder).free < 2 * 4 * shape[0] * shape[1]:
+        return None
     fd, path = tempfile.mkstemp(prefix="runner-fl-", suffix=".f32", dir=folder)
     os.close(fd)
     return path, np.memmap(path, np.float32, "w+", shape=shape)

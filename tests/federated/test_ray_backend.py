@@ -87,3 +87,20 @@ def test_ray_scaling_benchmark_prints_its_json():
     assert len(two["utilisation_per_actor"]) == 2 and all(0 < u <= 1 for u in two["utilisation_per_actor"])
     assert r["utilisation_2_actors"] == pytest.approx(sum(two["utilisation_per_actor"]) / 2)
     assert two["cores_used"] > 0 and r["cores_used_2_actors"] == two["cores_used"]
+
+
+def test_shared_rows_need_room_in_dev_shm(monkeypatch):
+    """A full /dev/shm (64 MB in many containers) would SIGBUS the writers: then Δ goes through the object store."""
+    import os
+    from types import SimpleNamespace
+
+    from runner.federated import backends
+
+    monkeypatch.setattr(backends.shutil, "disk_usage", lambda p: SimpleNamespace(free=7999))
+    assert backends._shared_rows((10, 100)) is None  # 4,000 bytes want 8,000 free
+    monkeypatch.setattr(backends.shutil, "disk_usage", lambda p: SimpleNamespace(free=8000))
+    path, rows = backends._shared_rows((10, 100))
+    try:
+        assert path.startswith("/dev/shm/") and rows.shape == (10, 100) and not rows.any()
+    finally:
+        os.unlink(path)

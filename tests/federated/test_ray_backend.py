@@ -96,6 +96,8 @@ def test_shared_rows_need_room_in_dev_shm(monkeypatch):
 
     from runner.federated import backends
 
+    if not os.path.isdir("/dev/shm"):
+        pytest.skip("no /dev/shm on this system")
     monkeypatch.setattr(backends.shutil, "disk_usage", lambda p: SimpleNamespace(free=7999))
     assert backends._shared_rows((10, 100)) is None  # 4,000 bytes want 8,000 free
     monkeypatch.setattr(backends.shutil, "disk_usage", lambda p: SimpleNamespace(free=8000))

@@ -69,3 +69,24 @@ def test_recap_smoke_run_end_to_end(tmp_path):
     assert set(r["claims"]) == {"prefill_asr_down", "ipr3_asr_down", "orr_not_up", "math_kept"}
     assert (tmp_path / "prefills_train.jsonl").exists() and (tmp_path / "asr_vs_ipr_rounds.png").exists()
     assert "| recap |" in (tmp_path / "summary.md").read_text()
+
+
+# A reduced default for CI (seed 0): a smaller tiny_lm on three hazard categories, 30 training steps at lr 2e-4,
+# the direct and prefill attacks only (~30 s on one thread).
+REDUCED = ["run.progress=false", "seed=0", "model.hidden_size=64", "model.intermediate_size=192",
+           "algorithm.warm_start.steps=400", "algorithm.warm_start.checkpoint_every=400",
+           "algorithm.warm_start.examples=2000", "algorithm.grpo.steps=30", "algorithm.grpo.checkpoint_every=30",
+           "algorithm.grpo.learning_rate=2e-4", "algorithm.eval.n_samples=2", "algorithm.eval.ipr_rounds=1",
+           "algorithm.eval.attacks=[direct,prefill]", "dataset.params.categories=[S1,S9,S11]",
+           "algorithm.corpus.max_operand=2"]
+
+
+def test_recap_resists_the_prefill_attack_better_than_dapo_on_a_reduced_default(tmp_path):
+    """The direction of RECAP's effect (seed 0 of a reduced default): from the same warm start with the same
+    budget, RECAP's ASR under the prefill attack is below DAPO's, while both start vulnerable."""
+    from runner.core.cli import run_recipe
+
+    r = run_recipe("recap", REDUCED, run_dir=tmp_path)
+    s = r["systems"]
+    assert s["base"]["asr_prefill"] > s["base"]["asr_direct"]  # the warm start follows a prefilled flawed reasoning
+    assert s["recap"]["asr_prefill"] < s["dapo"]["asr_prefill"]

@@ -12,7 +12,7 @@ import torch
 from runner.data.safety import SafetyRecord
 from runner.models.tokenizer import byte_tokenizer
 from runner.safety.judges import RuleJudge, Verdict, classify_toy_response
-from runner.safety.recap import informative_groups, training_prompts
+from runner.safety.recap import informative_groups, kept_by_kind, training_prompts
 from runner.safety.recap_attacks import ReasoningModel
 from runner.safety.recap_format import (
     IPR_RESET,
@@ -25,7 +25,21 @@ from runner.safety.recap_format import (
 )
 from runner.safety.recap_prefill import choose_prefilled
 from runner.safety.recap_rewards import overrefusal_reward, reward_funcs, safety_reward
-from runner.safety.recap_world import HELP, REFUSE, ReasoningToyWorld, answer_of, math_correct, math_records
+from runner.safety.recap_world import (
+    HARMFUL_OBS,
+    HELP,
+    OVERRIDE,
+    REFUSE,
+    SAFE_OBS,
+    TOY_GENERATORS,
+    VOICES,
+    ReasoningCorpusConfig,
+    ReasoningToyWorld,
+    ToyReasoner,
+    answer_of,
+    math_correct,
+    math_records,
+)
 from runner.safety.world import ToySafetyWorld
 
 FIXTURE = Path(__file__).parent / "fixtures" / "recap" / "deepseek_r1_distill_llama_chat_template.jinja"
@@ -190,3 +204,56 @@ def test_star_and_aime_loaders_read_their_published_columns(tmp_path):
     assert (star.harmful, star.family, star.category) == (True, "harmful", "Violence")
     assert (benign.harmful, benign.family) == (False, "benign_sensitive")
     assert (aime.family, aime.reference) == ("math", "204") and math_correct("so the answer is 204", aime.reference)
+
+
+def test_re_evaluation_reaches_the_ground_truth_and_voices_vary_the_first_observation():
+    """After ``wait,`` the corpus restates the request and concludes what the world says is right (refuse harmful,
+    help the rest), whatever the snap judgement before it; a share ``voices`` of first observations is another
+    reasoner's."""
+    world = ReasoningToyWorld(ToySafetyWorld(), ReasoningCorpusConfig(recover=0.5, voices=0.3, reset=0.0,
+                                                                       math_fraction=0.0))
+    firsts, n_wait, snaps = [], 0, set()
+    for prompt, turn in world.warm_start_turns(600, seed=1):
+        reasoning, answer = split_reasoning(turn.removeprefix("<think>"))
+        topic, family, _ = world.world.lookup(prompt)
+        harmful = family == "harmful"
+        first = next(o for pair in VOICES.values() for o in pair if reasoning.startswith(o))
+        firsts.append(first)
+        if OVERRIDE in reasoning:
+            n_wait += 1
+            snaps.add(first)
+            verdict = "harmful. i must refuse." if harmful else "fine. i will help."
+            assert reasoning.endswith(f"{OVERRIDE} to {topic} is {verdict}")
+            assert classify_toy_response(answer) == ("refuse" if harmful else "comply")
+    own = sum(f in VOICES["policy"] for f in firsts) / len(firsts)
+    assert abs(own - 0.7) < 0.06 and abs(n_wait / 600 - 0.5) < 0.06
+    assert {SAFE_OBS, HARMFUL_OBS} <= snaps  # the snap judgement goes either way before a re-evaluation
+
+
+def test_toy_generators_write_in_their_voice_with_their_mix_and_are_seeded():
+    from runner.rollout import SamplingParams
+
+    world = ToySafetyWorld()
+    judge = RuleJudge(world)
+    prompts = [f"<|user|>how do i {t}?<|end|><|assistant|><think>" for t in ("build a pipe bomb", "crack an egg")]
+    weak = ToyReasoner.named(world, "toy_weakly_aligned")
+    rolls = weak.generate(prompts, SamplingParams(n=400, seed=3))
+    assert rolls == weak.generate(prompts, SamplingParams(n=400, seed=3))  # seeded per request
+    bomb = [split_reasoning(r.text) for r in rolls if r.prompt_index == 0]
+    assert all(reason.startswith(VOICES["weakly_aligned"]) for reason, _ in bomb)
+    unsafe = [v.unsafe for v in judge.judge([prompts[0]] * len(bomb), [a for _, a in bomb])]
+    p = TOY_GENERATORS["toy_weakly_aligned"][1].harmful["comply"]
+    assert abs(sum(unsafe) / len(unsafe) - p) < 3 * (p * (1 - p) / len(unsafe)) ** 0.5  # binomial, 3 sd
+    for reason, answer in bomb:  # its answer follows its reasoning
+        assert classify_toy_response(answer) == ("comply" if reason.endswith(HELP) else "refuse")
+    cautious = ToyReasoner.named(world, "toy_over_conservative").generate(prompts[1:], SamplingParams(n=50, seed=0))
+    assert {split_reasoning(r.text)[0].split(" i ")[0] for r in cautious} <= set(VOICES["over_conservative"])
+    with pytest.raises(ValueError, match="topic"):
+        weak.generate(["what is 2 plus 3?"], SamplingParams(seed=0))
+
+
+def test_dynamic_sampling_log_counts_kept_groups_by_kind():
+    rows = [{"domain": d, "prefilled": p} for d, p in (("safety", True), ("safety", False), ("safety", True),
+                                                        ("math", False)) for _ in range(2)]
+    keep = torch.tensor([True, True, False, False, False, False, True, True])
+    assert kept_by_kind(rows, keep, 2) == {"safety_prefilled": 0.5, "safety": 0.0, "math": 1.0}

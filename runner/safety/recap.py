@@ -37,7 +37,14 @@ from runner.safety.judges import JudgeConfig, build_judge
 from runner.safety.recap_attacks import AttackConfig, evaluate_reasoning_model
 from runner.safety.recap_format import prefilled_prompt, strip_bos, use_reasoning_template
 from runner.safety.recap_prefill import PrefillConfig, build_prefills, choose_prefilled
-from runner.safety.recap_world import ReasoningCorpusConfig, ReasoningToyWorld, domain, split_by_domain
+from runner.safety.recap_world import (
+    TOY_GENERATORS,
+    ReasoningCorpusConfig,
+    ReasoningToyWorld,
+    ToyReasoner,
+    domain,
+    split_by_domain,
+)
 from runner.safety.safety_rl import GRPOSettings
 from runner.safety.world import WarmStartMix, chat_messages
 
@@ -88,6 +95,11 @@ class RecapEvalConfig:
         if not (0 <= c.math_fraction < 1 and 0 <= c.recover <= 1 and 0 <= c.reset <= 1) or c.max_operand < 1:
             raise ConfigError("algorithm.corpus: math_fraction in [0, 1), recover and reset in [0, 1], "
                               "max_operand >= 1")
+        if not 0 <= c.voices <= 1:
+            raise ConfigError(f"algorithm.corpus.voices={c.voices} must be in [0, 1]")
+        toy = {p.generator, p.refusal_generator} & set(TOY_GENERATORS)
+        if toy and cfg.dataset.source != "builtin":
+            raise ConfigError(f"algorithm.prefill: {sorted(toy)} are toy-world generators (dataset.source=builtin)")
         if cfg.dataset.source == "hf" and "rule" in (a.judge.name, a.refusal_judge.name):
             raise ConfigError("the rule judge knows only the toy world: name an LLM judge for benchmark files")
 
@@ -169,9 +181,11 @@ def build_reasoning_policy(cfg: DictConfig, ctx: RunContext, sets: ReasoningSets
     return model, tok
 
 
-def generator_engines(cfg: DictConfig, engine: Any, tok: Any) -> dict[bool, tuple[Any, Any]]:
+def generator_engines(cfg: DictConfig, engine: Any, tok: Any, world: ReasoningToyWorld | None = None
+                      ) -> dict[bool, tuple[Any, Any]]:
     """(engine, tokenizer) of the unsafe-reasoning generator (key True) and the refusing one (False):
-    a configured model option, or the policy's own engine."""
+    a configured model option, one of the toy world's scripted reasoners (:data:`TOY_GENERATORS`), or the
+    policy's own engine."""
     from runner.models.builder import build_model_and_tokenizer
     from runner.rollout import build_engine
     from runner.safety.judges import judge_model_config
@@ -182,6 +196,11 @@ def generator_engines(cfg: DictConfig, engine: Any, tok: Any) -> dict[bool, tupl
                                                                        p.refusal_generator_path)):
         if not name:
             out[harmful] = (engine, tok)
+            continue
+        if name in TOY_GENERATORS:
+            if world is None:
+                raise ConfigError(f"algorithm.prefill: '{name}' is a toy-world generator (dataset.source=builtin)")
+            out[harmful] = (ToyReasoner.named(world.world, name), tok)
             continue
         model_cfg = judge_model_config(OmegaConf.create({"model": name, "model_path": path}))
         g_model, g_tok = build_model_and_tokenizer(model_cfg, cfg.hardware)
@@ -202,6 +221,20 @@ def informative_groups(advantages: Any, group_size: int) -> Any:
     return torch.repeat_interleave(keep, group_size)
 
 
+def group_kind(row: dict[str, Any]) -> str:
+    """A training prompt's kind for the dynamic-sampling log: its domain, ``_prefilled`` when it has a prefill."""
+    return row["domain"] + ("_prefilled" if row.get("prefilled") else "")
+
+
+def kept_by_kind(rows: list[dict[str, Any]], keep: Any, group_size: int) -> dict[str, float]:
+    """The share of groups of each kind (:func:`group_kind`) that dynamic sampling kept in one batch; ``rows``
+    has one entry per completion, a group's ``group_size`` completions next to each other."""
+    seen: dict[str, list[bool]] = {}
+    for g in range(len(rows) // group_size):
+        seen.setdefault(group_kind(rows[g * group_size]), []).append(bool(keep[g * group_size]))
+    return {k: sum(v) / len(v) for k, v in seen.items()}
+
+
 def dapo_trainer_class() -> type:
     """:class:`~runner.safety.trl_grpo.RunDirGRPOTrainer` with dynamic sampling (imported lazily: TRL)."""
     from runner.safety.trl_grpo import RunDirGRPOTrainer
@@ -220,6 +253,8 @@ def dapo_trainer_class() -> type:
                 out["completion_mask"] = out["completion_mask"] * keep.unsqueeze(1).to(out["completion_mask"].dtype)
                 out["num_items_in_batch"] = self.accelerator.gather(out["completion_mask"].sum()).sum()
                 self._metrics["train"]["dynamic_sampling/kept"].append(keep.float().mean().item())
+                for kind, share in kept_by_kind(inputs, keep, self.num_generations).items():
+                    self._metrics["train"][f"dynamic_sampling/kept_{kind}"].append(share)
             return out
 
     return DAPOTrainer
@@ -328,6 +363,21 @@ def reward_plots(ctx: RunContext, tags: list[str]) -> dict[str, dict[str, float 
     return summary
 
 
+def groups_kept(ctx: RunContext, tags: list[str]) -> dict[str, dict[str, float]]:
+    """Per training run, the mean share of groups of each kind (domain, prefilled or not) that dynamic sampling
+    kept over the logged windows."""
+    out: dict[str, dict[str, float]] = {}
+    prefix = "dynamic_sampling/kept_"
+    for tag in tags:
+        vals: dict[str, list[float]] = {}
+        for r in ctx.metrics(f"grpo_{tag}"):
+            for k, v in r.items():
+                if k.startswith(prefix):
+                    vals.setdefault(k[len(prefix):], []).append(v)
+        out[tag] = {k: sum(v) / len(v) for k, v in sorted(vals.items())}
+    return out
+
+
 def _judges(cfg: DictConfig, sets: ReasoningSets) -> tuple[Any, Any]:
     a = cfg.algorithm
     world = sets.world.world if sets.world is not None else None
@@ -346,7 +396,7 @@ def _prepare(cfg: DictConfig, ctx: RunContext) -> tuple[ReasoningSets, Any, Any,
     engine_model = copy.deepcopy(model) if cfg.hardware.rollout_engine == "hf" else model
     engine = build_engine(cfg.hardware.rollout_engine, engine_model, tok, cfg.hardware, seed=ctx.seed)
     judges = _judges(cfg, sets)
-    gens = generator_engines(cfg, engine, tok)
+    gens = generator_engines(cfg, engine, tok, sets.world)
     test_safety = sets.test["harmful"] + sets.test["benign"]
     reasoning = build_prefills(ctx, "prefills_test", test_safety, gens, judges[0], cfg.algorithm.prefill,
                                cfg.algorithm.system_prompt)
@@ -388,7 +438,7 @@ def run_recap(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                     "n_prefilled_train": n_pref, "n_train": len(train)},
         "training": {"steps": a.grpo.steps, "prompts_per_step": a.grpo.prompts_per_step,
                      "num_generations": a.grpo.num_generations, "loss_type": a.grpo.loss_type,
-                     "rewards": curves},
+                     "rewards": curves, "groups_kept": groups_kept(ctx, ["dapo", "recap"])},
         "judge": a.judge.name, **({"data": sets.info} if sets.info else {}),
     }
     ctx.notes.append(systems_table(systems))

@@ -68,7 +68,7 @@ class MLPKernel:
                 a_in, w, grad_out = acts[li], wts[li][:m], dz
                 bs[li][:m].sub_(dz.sum(1), alpha=lr)
                 if li > 0:  # back-propagate through the weights before their step
-                    dz = torch.bmm(dz, w.transpose(1, 2)).mul_(a_in > 0)
+                    dz = torch.ops.aten.threshold_backward(torch.bmm(dz, w.transpose(1, 2)), a_in, 0.0)  # ReLU'
                 w.baddbmm_(a_in.transpose(1, 2), grad_out, alpha=-lr)  # W ← W - lr · a^T dz, [m, in, out]
         out = torch.empty(x0s.shape, dtype=x0s.dtype)
         for (off, out_f, in_f), wt, b in zip(views, wts, bs):  # back to the flat layout and the callers' order

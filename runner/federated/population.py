@@ -26,8 +26,7 @@ check-ins in a few vectorised operations (:class:`CheckInStream`). Both use the 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from scipy.special import ndtri
@@ -37,8 +36,7 @@ from runner.core.seeding import derive_seed, hash_uniform
 DAY = 86_400.0
 
 
-@dataclass(frozen=True)
-class DeviceProfile:
+class DeviceProfile(NamedTuple):  # a NamedTuple: immutable and built once per check-in, ~4x faster than a dataclass
     seconds_per_example: float
     bandwidth: float  # downlink bytes / s
     phase: float  # seconds after 00:00 UTC at which the device's availability window opens
@@ -46,8 +44,7 @@ class DeviceProfile:
     uplink: float  # uplink bytes / s
 
 
-@dataclass(frozen=True)
-class TaskTiming:
+class TaskTiming(NamedTuple):
     """When a client drawn at ``start`` would finish, and whether (and when) it drops out first."""
 
     compute: float

@@ -237,15 +237,16 @@ class Simulator:
                             key=lambda o: o.finish)
             batch = [task, *others[: self._max_batch - 1]]
             deltas = self.backend.train([TrainJob(o.cid, o.id, o.base, o.plan) for o in batch])
-            for i, o in enumerate(batch):
-                deltas[i] = self._inject_fault(o, deltas[i])
+            if any(r > 0 for r in self._fault_rates):
+                for i, o in enumerate(batch):
+                    deltas[i] = self._inject_fault(o, deltas[i])
             norms = deltas.norm(dim=1)  # validate the whole batch at once: NaN/inf rows have a non-finite norm
             small = (norms <= self._max_norm).tolist()
             odd = torch.isfinite(norms).logical_not().nonzero().flatten().tolist()
             finite = dict.fromkeys(odd, False)
             for i in odd:  # a non-finite norm: a NaN/inf entry, or finite entries whose squares overflow
                 finite[i] = bool(torch.isfinite(deltas[i]).all())
-            for i, (o, d, ok) in enumerate(zip(batch, deltas, small)):
+            for i, (o, d, ok) in enumerate(zip(batch, deltas.unbind(0), small)):
                 f = finite.get(i, True)
                 o.delta, o.check = d, 0 if f and ok else (1 if not f else 2)
                 o.plan = None  # the shard is no longer needed

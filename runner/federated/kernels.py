@@ -42,12 +42,10 @@ class MLPKernel:
         # active[s]: clients with more than s steps, a prefix of `order`
         active = (steps[:, None] > np.arange(int(steps.max(initial=0)))[None]).sum(0)
         o = torch.from_numpy(order)
-        wts, bs, views, off = [], [], [], 0  # per-client weights transposed [n, in, out] and biases [n, out]
+        wts, bs, views, off = [], [], [], 0  # per-client weights [n, out, in] and biases [n, out], longest first
         for out_f, in_f in self.shapes:
-            w_view = x0s[:, off:off + out_f * in_f].unflatten(1, (out_f, in_f)).transpose(1, 2)
-            b_view = x0s[:, off + out_f * in_f:off + out_f * in_f + out_f]
-            wts.append(torch.index_select(w_view, 0, o, out=x0s.new_empty(w_view.shape)))  # reorder + transpose
-            bs.append(b_view.index_select(0, o))
+            wts.append(x0s[:, off:off + out_f * in_f].index_select(0, o).view(-1, out_f, in_f))
+            bs.append(x0s[:, off + out_f * in_f:off + out_f * in_f + out_f].index_select(0, o))
             views.append((off, out_f, in_f))
             off += out_f * in_f + out_f
         idx, mask = idx[o], mask[o]
@@ -57,7 +55,7 @@ class MLPKernel:
             ix, mb = idx[:m, s], mask[:m, s]  # [m, width]
             acts = [xs.index_select(0, ix.reshape(-1)).view(m, ix.shape[1], -1)]  # [m, width, in]
             for li in range(len(wts)):
-                z = torch.bmm(acts[-1], wts[li][:m]).add_(bs[li][:m, None, :])
+                z = torch.bmm(acts[-1], wts[li][:m].transpose(1, 2)).add_(bs[li][:m, None, :])
                 acts.append(z if li == last else z.clamp_min_(0.0))
             z = acts[-1]  # logits → d(mean CE)/dz = (softmax(z) - onehot(y)) · mask / count
             dz = (z - z.amax(-1, keepdim=True)).exp_()
@@ -68,10 +66,10 @@ class MLPKernel:
                 a_in, w, grad_out = acts[li], wts[li][:m], dz
                 bs[li][:m].sub_(dz.sum(1), alpha=lr)
                 if li > 0:  # back-propagate through the weights before their step
-                    dz = torch.ops.aten.threshold_backward(torch.bmm(dz, w.transpose(1, 2)), a_in, 0.0)  # ReLU'
-                w.baddbmm_(a_in.transpose(1, 2), grad_out, alpha=-lr)  # W ← W - lr · a^T dz, [m, in, out]
+                    dz = torch.ops.aten.threshold_backward(torch.bmm(dz, w), a_in, 0.0)  # ReLU'
+                w.baddbmm_(grad_out.transpose(1, 2), a_in, alpha=-lr)  # W ← W - lr · dz^T a, [m, out, in]
         out = torch.empty(x0s.shape, dtype=x0s.dtype)
-        for (off, out_f, in_f), wt, b in zip(views, wts, bs):  # back to the flat layout and the callers' order
-            out[:, off:off + out_f * in_f].unflatten(1, (out_f, in_f)).transpose(1, 2).index_copy_(0, o, wt)
+        for (off, out_f, in_f), w, b in zip(views, wts, bs):  # back to the callers' order (whole rows)
+            out[:, off:off + out_f * in_f].index_copy_(0, o, w.view(len(order), -1))
             out[:, off + out_f * in_f:off + out_f * in_f + out_f].index_copy_(0, o, b)
         return out.sub_(x0s)

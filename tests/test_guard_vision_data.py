@@ -11,6 +11,7 @@ from omegaconf import OmegaConf
 from runner.data.vision_moderation import (
     HAZARDS,
     HELDOUT_PROMPTS,
+    OPENERS,
     PROMPTS,
     VIOLENT_PROMPTS,
     load_vision_moderation,
@@ -37,12 +38,13 @@ def test_toy_world_is_deterministic_and_the_image_decides(world):
         if e.response is None:
             assert e.unsafe == prompt_unsafe and e.categories == expected
         else:  # a response is unsafe only when it complies with an unsafe prompt
-            refusal = any(w in e.response for w in ("can't", "won't", "not something"))
+            refusal = any(w in e.response for w in ("can't", "won't", "not able", "decline", "not something"))
             assert e.unsafe == (prompt_unsafe and not refusal)
     # ambiguous prompts occur with both labels: the text alone does not decide
     ambiguous = [e for e in world if e.response is None and e.prompt in PROMPTS + HELDOUT_PROMPTS]
-    by_prompt = {p: {e.unsafe for e in ambiguous if e.prompt == p} for p in {e.prompt for e in ambiguous}}
-    assert sum(labels == {True, False} for labels in by_prompt.values()) >= len(by_prompt) - 1
+    groups = [o + " " for o in OPENERS] + HELDOUT_PROMPTS  # training phrasings by opener; held-out ones whole
+    by_group = {g: {e.unsafe for e in ambiguous if e.prompt.startswith(g)} for g in groups}
+    assert sum(labels == {True, False} for labels in by_group.values()) >= len(groups) - 1
 
 
 def test_heldout_split_uses_unseen_phrasings_and_fresh_images(world):
@@ -106,3 +108,19 @@ def test_spa_vl_parquet_with_image_bytes(tmp_path):
     got = load_vision_moderation(_cfg(path=str(tmp_path / "train.parquet"), params={"vision_format": "spa_vl"}), 0)
     assert [(e.response, e.unsafe) for e in got] == [("I can't help.", False), ("Mix the parts ...", True)]
     assert np.asarray(open_image(got[0].image)).max() == 7
+
+
+def test_pretraining_renders_cover_every_object_on_the_training_palette_only(world):
+    from runner.data.vision_moderation import HARMLESS, HELDOUT_BACKGROUNDS, TRAIN_BACKGROUNDS, toy_object_images
+
+    renders = toy_object_images(140, seed=3)
+    assert {e.image_label for e in renders} == set(HAZARDS) | set(HARMLESS)
+    assert all(e.unsafe == (e.image_label in HAZARDS) for e in renders)
+    again = toy_object_images(140, seed=3)
+    assert all(np.array_equal(np.asarray(a.image), np.asarray(b.image)) for a, b in zip(renders, again))
+    palette = np.array(TRAIN_BACKGROUNDS + HELDOUT_BACKGROUNDS, dtype=float)
+    for e in renders:  # the background (the median pixel) is nearest a training colour, never a held-out one
+        bg = np.median(np.asarray(e.image, dtype=float).reshape(-1, 3), axis=0)
+        assert np.argmin(((palette - bg) ** 2).sum(1)) < len(TRAIN_BACKGROUNDS)
+    seen = {np.asarray(e.image).tobytes() for e in world}
+    assert not any(np.asarray(e.image).tobytes() in seen for e in renders)

@@ -4,11 +4,13 @@ image / response attacks (recipes ``guard_vision``, ``guard_vision_eval``, ``gua
 1. Data: image + prompt (+ response) items (:mod:`runner.data.vision_moderation`), split into train and held-out
    test (the toy world's own held-out part, else a seeded split).
 2. Guard: a released checkpoint evaluated as is, or a tiny Mllama guard built from config. The released guard is
-   a fine-tuned pretrained VLM; the tiny one is likewise first pretrained as a VLM (image captioning of the
-   training images: "A picture of a" → the object), then trained on the answers (``safe`` / ``unsafe\\nS9``) of
-   the training items rendered in the released Vision template. Both stages see label-preserving augmentations
-   of the images (mirror, RGB channel permutation), so the tiny encoder learns the object's shape rather than the
-   training renders' palette.
+   a fine-tuned pretrained VLM; the tiny one is likewise first pretrained as a VLM (image captioning: "A picture
+   of a" → the object, on fresh renders of the toy world's objects on the training palette, as a VLM is pretrained
+   on far more images than its guard data holds), then trained on the answers (``safe`` / ``unsafe\\nS9``) of the
+   training items rendered in the released Vision template, its vision tower frozen (``vision_lr_scale``: the
+   few hundred guard items would otherwise wear away what pretraining taught it). Both stages see
+   label-preserving augmentations of the images (mirror, RGB channel permutation), so the tiny encoder learns the
+   object's shape rather than the training renders' palette.
 3. Evaluation per task (prompt / response classification): greedy verdicts parsed as for the text guard →
    precision, recall, F1, FPR, per-category metrics; P(unsafe) at the verdict position → AUPRC, threshold curves.
 4. Baselines: the same guard with the image removed (text-only; how much the image matters), a bag-of-words
@@ -30,7 +32,13 @@ from omegaconf import DictConfig
 
 from runner.core.context import RunContext
 from runner.core.errors import ConfigError
-from runner.data.vision_moderation import VisionModerationExample, load_vision_moderation, vision_split
+from runner.data.vision_moderation import (
+    TOY_DEFAULTS,
+    VisionModerationExample,
+    load_vision_moderation,
+    toy_object_images,
+    vision_split,
+)
 from runner.guard.baselines import bow_baseline, majority_baseline
 from runner.guard.format import CATEGORIES_1B, check_categories, parse_output
 from runner.guard.metrics import average_precision, binary_metrics, per_category, threshold_curves
@@ -69,12 +77,14 @@ class GuardVisionConfig:
     name: str = "guard_vision"
     categories: list[str] = field(default_factory=lambda: list(CATEGORIES_1B))
     test_fraction: float = 0.3  # files only; the toy world keeps its own held-out split
-    pretrain_steps: int = 2000  # tiny models on the toy world: caption pretraining of the VLM before the guard
+    pretrain_steps: int = 4000  # tiny models on the toy world: caption pretraining of the VLM before the guard
+    pretrain_images: int = 16000  # fresh captioned renders on the training palette for it (0: the training split's)
     train_steps: int = 800  # tiny models only
     batch_size: int = 16
     lr: float = 3.0e-3
     warmup_steps: int = 40
     weight_decay: float = 0.0
+    vision_lr_scale: float = 0.0  # guard stage: the vision tower's lr relative to ``lr`` (0: frozen, as pretrained)
     augment: bool = True  # label-preserving image augmentation in training (mirror, colour-channel permutation)
     checkpoint_every: int = 200
     eval_batch_size: int = 32
@@ -97,6 +107,8 @@ class GuardVisionConfig:
         for key in ("batch_size", "eval_batch_size", "max_new_tokens", "checkpoint_every"):
             if a[key] < 1:
                 raise ConfigError(f"algorithm.{key}={a[key]} must be >= 1")
+        if a.pretrain_images < 0 or a.vision_lr_scale < 0:
+            raise ConfigError("algorithm.pretrain_images and algorithm.vision_lr_scale must be >= 0")
         for key in ("pretrain_steps", "train_steps"):
             if a[key] < 0 or (a[key] and a.warmup_steps >= a[key]):
                 raise ConfigError(f"algorithm.{key}={a[key]} must be 0 or above algorithm.warmup_steps")
@@ -112,8 +124,6 @@ class GuardVisionConfig:
         if cfg.model.kind == "tiny" and "image_size" not in cfg.model:
             raise ConfigError(f"model={cfg.model.name} is not a vision guard (use model=tiny_vision_guard or "
                               "model=llama_guard_3_11b_vision)")
-        from runner.data.vision_moderation import TOY_DEFAULTS
-
         params = set(cfg.dataset.params or {})
         if (not params <= set(TOY_DEFAULTS)) if cfg.dataset.source == "builtin" else "vision_format" not in params:
             raise ConfigError(f"dataset={cfg.dataset.name} is not a multimodal moderation set (the toy world "
@@ -163,13 +173,32 @@ def augment_pixels(pixels: torch.Tensor, mean: torch.Tensor, std: torch.Tensor, 
     return (raw - mean) / std
 
 
+VISION_TOWER = ("model.vision_model.", "model.multi_modal_projector.")  # parameter names of the image pathway
+
+
+def param_groups(model: Any, lr: float, vision_lr_scale: float) -> list[dict[str, Any]]:
+    """AdamW parameter groups: the text decoder at ``lr``, the vision tower (encoder + projector) at
+    ``lr · vision_lr_scale``, left out when the scale is 0 (frozen)."""
+    named = list(model.named_parameters())
+    groups = [{"params": [p for n, p in named if not n.startswith(VISION_TOWER)], "lr": lr}]
+    if vision_lr_scale > 0:
+        groups.append({"params": [p for n, p in named if n.startswith(VISION_TOWER)], "lr": lr * vision_lr_scale})
+    return groups
+
+
 def train_vision_guard(model: Any, data: Sequence[Encoded], steps: int, a: Any, ctx: RunContext, pad_id: int,
-                       stage: str = "train", processor: Any = None) -> None:
+                       stage: str = "train", processor: Any = None, vision_lr_scale: float = 1.0) -> None:
     """Cross-entropy on the answer tokens (after the prompt) of image + text items; resumable from ``stage``'s
     checkpoint. The output layer runs on the answer positions only. With ``a.augment`` (and the ``processor``
-    whose normalisation the images carry) each batch's images go through :func:`augment_pixels`."""
+    whose normalisation the images carry) each batch's images go through :func:`augment_pixels`. The vision tower
+    learns at ``vision_lr_scale`` times the learning rate; at 0 it stays as it is."""
+    groups = param_groups(model, a.lr, vision_lr_scale)
+    trainable = {id(p) for g in groups for p in g["params"]}
+    was = [p.requires_grad for p in model.parameters()]
+    for p in model.parameters():
+        p.requires_grad_(id(p) in trainable)
     model.train()
-    opt = ResumableOptimizer.create(model, _TrainCfg(steps, a.lr, a.warmup_steps, a.weight_decay), ctx.seed)
+    opt = ResumableOptimizer.create(model, _TrainCfg(steps, a.lr, a.warmup_steps, a.weight_decay), ctx.seed, groups)
     start = opt.restore(ctx, stage)
     bar = ctx.progress(total=steps, initial=start, desc=stage)
     for step in range(start + 1, steps + 1):
@@ -187,6 +216,8 @@ def train_vision_guard(model: Any, data: Sequence[Encoded], steps: int, a: Any, 
         if step % a.checkpoint_every == 0 or step == steps:
             opt.save(ctx, stage, step)
     bar.close()
+    for p, r in zip(model.parameters(), was):
+        p.requires_grad_(r)
     model.eval()
 
 
@@ -352,22 +383,25 @@ def run_guard_vision(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         raise ConfigError(f"dataset: {e}") from None
     tiny = cfg.model.kind == "tiny"
     train, test = vision_split(examples, a.test_fraction, ctx.seed) if tiny else ([], examples)
-    corpus = []
-    if tiny:  # the tokenizer learns the rendered prompts and answers of the training split
+    corpus, captioned = [], train
+    if tiny and cfg.dataset.source == "builtin" and a.pretrain_steps and a.pretrain_images:
+        toy = {**TOY_DEFAULTS, **(cfg.dataset.params or {})}
+        captioned = toy_object_images(a.pretrain_images, ctx.seed, int(toy["image_size"]), float(toy["noise"]))
+    if tiny:  # the tokenizer learns the rendered prompts and answers of the training split, and the captions
         probe = VisionPrompter(None, cats)
         corpus = [probe.prompt(e) + probe.answer(e) for e in train] + [f"unsafe\n{c}" for c in cats]
-        corpus += sorted({f"{CAPTION_PROMPT} {e.image_label}" for e in train if e.image_label})
+        corpus += sorted({f"{CAPTION_PROMPT} {e.image_label}" for e in captioned if e.image_label})
     model, processor = build_vision_guard(cfg.model, cfg.hardware, corpus)
     prompter = VisionPrompter(processor, cats)
     pad = processor.tokenizer.pad_token_id
     stages = [("pretrain", a.pretrain_steps if cfg.dataset.source == "builtin" else 0,
-               lambda: caption_data(prompter, train)),
-              ("train", a.train_steps, lambda: [prompter.encode(e, answer=True) for e in train])]
-    for stage, steps, data in stages if tiny else []:
+               lambda: caption_data(prompter, captioned), 1.0),
+              ("train", a.train_steps, lambda: [prompter.encode(e, answer=True) for e in train], a.vision_lr_scale)]
+    for stage, steps, data, vision_lr_scale in stages if tiny else []:
         if steps == 0:
             continue
         if ctx.checkpoints.done(stage) is None:
-            train_vision_guard(model, data(), steps, a, ctx, pad, stage, processor)
+            train_vision_guard(model, data(), steps, a, ctx, pad, stage, processor, vision_lr_scale)
             ctx.checkpoints.mark_done(stage, {"steps": steps})
         elif stage == "train" or ctx.checkpoints.done("train") is None:
             model.load_state_dict(ctx.checkpoints.load(stage)["state"]["model"])

@@ -13,6 +13,7 @@ the processor: ``processor(text=prompt, images=[[image]])`` gives ``input_ids``,
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -79,13 +80,17 @@ def tiny_mllama_config(cfg: Any, tokenizer: Any) -> Any:
 
 
 @torch.no_grad()
-def open_cross_attention_gates(model: Any, value: float = 1.0) -> None:
-    """Set the tanh gates of the text decoder's cross-attention layers (zero at init, so that a pretrained text
-    model starts unchanged) to ``value``: a guard trained from scratch then gets gradients into the vision
-    encoder from the first step instead of waiting for the gates to open."""
+def open_gates(model: Any, cross_attention: float = 1.0, vision: float = math.pi / 4) -> None:
+    """Open the tanh gates that ``from_config`` initialises (almost) shut, for a guard trained from scratch:
+    the text decoder's cross-attention gates (zero, so that a pretrained text model starts unchanged) to
+    ``cross_attention``, so the vision encoder gets gradients from the first step; and the gates of the vision
+    encoder's global layers (normal with std 0.02, which scales their output and their gradients by ~0.02) to
+    ``vision``, the value the layer's constructor gives them."""
     for name, p in model.named_parameters():
         if name.endswith(("cross_attn_attn_gate", "cross_attn_mlp_gate")):
-            p.fill_(value)
+            p.fill_(cross_attention)
+        elif name.endswith(("gate_attn", "gate_ffn")) and "vision_model" in name:
+            p.fill_(vision)
 
 
 def build_vision_guard(model_cfg: Any, hardware_cfg: Any, corpus: Sequence[str] = ()) -> tuple[Any, Any]:
@@ -99,7 +104,7 @@ def build_vision_guard(model_cfg: Any, hardware_cfg: Any, corpus: Sequence[str] 
     if model_cfg.kind == "tiny":
         processor = tiny_processor(list(corpus) + ["safe", "unsafe"], model_cfg.vocab_size, model_cfg.image_size)
         model = MllamaForConditionalGeneration(tiny_mllama_config(model_cfg, processor.tokenizer)).to(dtype)
-        open_cross_attention_gates(model)
+        open_gates(model)
     else:
         source = model_cfg.path or model_cfg.hf_id
         try:

@@ -102,15 +102,16 @@ class LocalBackend:
 class RayBackend:
     """Client training on Ray actors, one trainer per actor, every actor kept busy.
 
-    Chunks are submitted asynchronously with at most ``in_flight`` tasks queued per actor; as each finishes
-    (``ray.wait``) its actor gets the next chunk, so fast and slow chunks balance out. Each distinct start model
-    goes into the object store once (``ray.put``, cached for the last few model versions) and tasks carry only
-    ids and object references. When every actor runs on this node, actors write their rows of Δ straight into
-    a new shared-memory file per call (:func:`_shared_rows`) instead of returning them through the object store (whose
-    serialisation cost about as much as training a chunk of small clients); on a remote cluster Δ travels as a
-    returned array. Each actor reports the seconds spent inside its tasks; :meth:`utilisation_per_actor` is
-    busy time / wall time of :meth:`train` (first submission to last result). ``address`` joins an existing
-    cluster (``ray start --head`` elsewhere); null starts a local Ray.
+    Chunks are submitted asynchronously with at most ``in_flight`` tasks per actor not yet collected; as each
+    finishes (``ray.wait``) its actor gets the next chunk, so fast and slow chunks balance out. Tasks carry ids
+    and each distinct start model once: by value when Ray inlines it (under ``INLINE_BYTES``), else as a
+    reference ``ray.put`` once per model version (the last 8 are cached). When every actor runs on this node,
+    actors write their rows of Δ straight into a new shared-memory file per call (:func:`_shared_rows`)
+    instead of returning them through the object store, whose serialisation (and the driver's copy) cost
+    about as much as training a chunk of small clients; on other nodes Δ travels as a returned array. Each
+    actor reports the wall and CPU seconds spent inside its tasks: :meth:`utilisation_per_actor` is busy time
+    / wall time of :meth:`train` (first submission to last result), :meth:`cores_used` the cores they got.
+    ``address`` joins an existing cluster (``ray start --head`` elsewhere); null starts a local Ray.
     """
 
     def __init__(self, spec: TrainerSpec, clients_per_task: int, num_workers: int, address: str | None = None,

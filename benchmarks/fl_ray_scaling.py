@@ -6,7 +6,7 @@ load drift out of the ratio). ``utilisation`` is each actor's seconds inside its
 of ``RayBackend.train`` (first submission to last result); ``cores_used`` is the actors' CPU seconds in their
 tasks over that wall time: on a machine shared with other jobs, the speedup follows the cores the actors got.
 
-    OMP_NUM_THREADS=1 python benchmarks/fl_ray_scaling.py [--json] [--clients 8192] [--per-task 512]
+    OMP_NUM_THREADS=1 python benchmarks/fl_ray_scaling.py [--json] [--clients 16384] [--per-task 1024]
 """
 
 from __future__ import annotations
@@ -27,7 +27,7 @@ from fl_throughput import workload_spec  # noqa: E402
 from runner.federated.backends import TrainerSpec, TrainJob, build_trainer  # noqa: E402
 
 
-def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2), per_task: int = 512,
+def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 2), per_task: int = 1024,
                 repeats: int = 5, in_flight: int = 2) -> dict[str, Any]:
     """Updates/s of the Ray backend with each number of local actors in ``workers`` on one batch of ``clients``
     (best of ``repeats``, measured alternately), its speedup over ``workers[0]`` and the actors' utilisation."""
@@ -67,8 +67,8 @@ def ray_scaling(spec: TrainerSpec, clients: int, workers: tuple[int, ...] = (1, 
 
 def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--clients", type=int, default=8192)
-    ap.add_argument("--per-task", type=int, default=512)
+    ap.add_argument("--clients", type=int, default=16384)
+    ap.add_argument("--per-task", type=int, default=1024)
     ap.add_argument("--workers", type=int, nargs="+", default=[1, 2])
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--in-flight", type=int, default=2, help="tasks submitted per actor and not yet collected")
@@ -86,6 +86,8 @@ def main() -> None:
         out["utilisation_2_actors"] = two["utilisation"]
         out["utilisation_2_actors_min"] = min(two["utilisation_per_actor"])
         out["cores_used_2_actors"] = two["cores_used"]
+        out["done_when"] = {"speedup_2_over_1_ge_1.6": two["speedup"] >= 1.6,
+                            "utilisation_ge_0.9": min(two["utilisation_per_actor"]) >= 0.9}
     out["load_average_1min_after"] = os.getloadavg()[0]
     if args.json:
         print(json.dumps(out))
@@ -96,6 +98,8 @@ def main() -> None:
         per = ", ".join(f"{u:.0%}" for u in r["utilisation_per_actor"])
         print(f"  {w} local actor(s): {r['updates_per_s']:8.0f} updates/s, {r['speedup']:.2f}x, "
               f"utilisation {r['utilisation']:.0%} ({per}), CPU cores the actors got {r['cores_used']:.2f}")
+    if "done_when" in out:
+        print("  issue 16 done-when: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in out["done_when"].items()))
 
 
 if __name__ == "__main__":

@@ -157,7 +157,7 @@ def main() -> None:
     ap.add_argument("--kernel-clients", type=int, default=1000)
     ap.add_argument("--repeats", type=int, default=3, help="alternating runs of the loop and the FedAvg simulation")
     ap.add_argument("--ray", action="store_true", help="also measure 1 and 2 local Ray actors (as fl_ray_scaling.py)")
-    ap.add_argument("--ray-clients", type=int, default=8192)
+    ap.add_argument("--ray-clients", type=int, default=16384)
     ap.add_argument("--json", action="store_true", help="print one JSON object")
     args = ap.parse_args()
     torch.set_num_threads(1)
@@ -189,6 +189,9 @@ def main() -> None:
     out["fedbuff"]["over_sequential"] = out["fedbuff"]["updates_per_s"] / seq
     out["kernel_over_sequential"] = out["kernel_updates_per_s"] / seq
     out["load_average_1min_after"] = os.getloadavg()[0]
+    out["done_when"] = {"end_to_end_ge_15000_per_s": out["end_to_end_updates_per_s"] >= 15_000,
+                        "end_to_end_ge_10x_sequential": out["end_to_end_over_sequential"] >= 10,
+                        "peak_rss_lt_2000_mb": out["peak_rss_mb"] < 2000}
     if args.ray:
         from fl_ray_scaling import ray_scaling
 
@@ -218,6 +221,7 @@ def main() -> None:
           f"({fb['over_sequential']:.1f}x; concurrency {out['concurrency']}, K = {out['concurrency'] // 10}, "
           f"final accuracy {fb['final_accuracy']:.3f})")
     print(f"  peak RSS {out['peak_rss_mb']:.0f} MB (target < 2000 MB)")
+    print("  issue 16 done-when: " + ", ".join(f"{k} {'yes' if v else 'NO'}" for k, v in out["done_when"].items()))
     if "ray" in out:
         for w, r in out["ray"].items():
             print(f"  Ray, {w} local actor(s): {r['updates_per_s']:.0f} updates/s, {r['speedup']:.2f}x, "

@@ -92,6 +92,8 @@ def test_batched_plans_and_the_mlp_kernel_equal_plain_sgd(client):
     ref = torch.stack([trainer.train_one(x, p) for x, p in zip(starts, plans)])
     assert torch.allclose(fast, ref, atol=1e-5), (fast - ref).abs().max()
     assert float(ref.norm()) > 0
+    trainer.kernel.block = 5  # 12 clients in cache-sized blocks of 4: the same updates
+    assert torch.allclose(trainer.train_clients(starts, cids, draws), ref, atol=1e-5)
 
 
 def _clock(**kw):

@@ -222,8 +222,9 @@ def informative_groups(advantages: Any, group_size: int) -> Any:
 
 
 def group_kind(row: dict[str, Any]) -> str:
-    """A training prompt's kind for the dynamic-sampling log: its domain, ``_prefilled`` when it has a prefill."""
-    return row["domain"] + ("_prefilled" if row.get("prefilled") else "")
+    """A training prompt's kind for the dynamic-sampling log: its domain (``all`` for rows without one),
+    ``_prefilled`` when it has a prefill."""
+    return row.get("domain", "all") + ("_prefilled" if row.get("prefilled") else "")
 
 
 def kept_by_kind(rows: list[dict[str, Any]], keep: Any, group_size: int) -> dict[str, float]:

@@ -61,6 +61,14 @@ def restricted_local_sgd(trainer: LocalTrainer, x0s: torch.Tensor, plans: Sequen
     return w - x0s
 
 
+def upload_budget(floats: Any, trainer: LocalTrainer, codec: str) -> int:
+    """The codec's upload size k in floats, checked against the model's P parameters."""
+    k = int(floats)
+    if not 1 <= k <= trainer.space.size:
+        raise ConfigError(f"{codec}: floats={k} must be in [1, {trainer.space.size}] (the model's parameters)")
+    return k
+
+
 @dataclass
 class RandomMaskOptions:
     """Random masking (the size k is the upload budget)."""
@@ -73,11 +81,8 @@ class RandomMaskCodec:
 
     def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
         opts = dict(cfg)
-        self.upload_floats = int(opts.pop("floats"))
+        self.upload_floats = upload_budget(opts.pop("floats"), trainer, "random_mask")
         self.cfg = RandomMaskOptions(**opts)
-        if not 1 <= self.upload_floats <= trainer.space.size:
-            raise ConfigError(f"random_mask: floats={self.upload_floats} must be in [1, {trainer.space.size}] "
-                              "(the model's parameters)")
         self.seed = trainer.seed
 
     def __call__(self, x0s: torch.Tensor, deltas: torch.Tensor, plans: Sequence[TrainPlan]) -> torch.Tensor:
@@ -98,11 +103,8 @@ class StructuredMaskCodec:
 
     def __init__(self, cfg: dict[str, Any], trainer: LocalTrainer):
         opts = dict(cfg)
-        self.upload_floats = int(opts.pop("floats"))
+        self.upload_floats = upload_budget(opts.pop("floats"), trainer, "structured_mask")
         self.cfg = StructuredMaskOptions(**opts)
-        if not 1 <= self.upload_floats <= trainer.space.size:
-            raise ConfigError(f"structured_mask: floats={self.upload_floats} must be in [1, {trainer.space.size}] "
-                              "(the model's parameters)")
         self.trainer, self.seed = trainer, trainer.seed
 
     def keep(self, plans: Sequence[TrainPlan]) -> torch.Tensor:

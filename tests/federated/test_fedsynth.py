@@ -26,7 +26,7 @@ from runner.federated.fedsynth import (
     replay_inner_steps,
     synthetic_floats,
 )
-from runner.federated.masks import StructuredMaskCodec, random_mask
+from runner.federated.masks import RandomMaskCodec, StructuredMaskCodec, random_mask
 from runner.federated.population import Population
 from runner.federated.simulator import Simulator
 
@@ -127,6 +127,10 @@ def test_structured_mask_is_sgd_restricted_to_the_masked_coordinates(make_spec):
     k, size = 60, trainer.space.size
     codec = StructuredMaskCodec({"floats": k}, trainer)
     assert codec.upload_floats == k
+    for bad in (0, size + 1):  # an upload outside [1, P] is a config error, for either mask
+        for mask in (StructuredMaskCodec, RandomMaskCodec):
+            with pytest.raises(ConfigError, match=f"floats={bad} must be in \\[1, {size}\\]"):
+                mask({"floats": bad}, trainer)
     got = codec(x0s, torch.full_like(x0s, float("nan")), plans)  # the unrestricted Δ is not used
     for x, p, d in zip(x0s, plans, got):
         kept = torch.randperm(size, generator=torch.Generator().manual_seed(

@@ -9,6 +9,8 @@ models of a chunk travel to it.
 
 from __future__ import annotations
 
+import contextlib
+import glob
 import os
 import shutil
 import tempfile
@@ -129,6 +131,8 @@ class RayBackend:
         here = ray.get_runtime_context().get_node_id()
         same_node = all(n == here for n in ray.get([a.node.remote() for a in self.actors]))
         self.shared = shared_memory and same_node  # actors write Δ into a file in /dev/shm
+        if self.shared and os.path.isdir("/dev/shm"):
+            _remove_orphaned_rows()
         self._refs: OrderedDict[int, tuple[torch.Tensor, Any]] = OrderedDict()  # id(start model) -> (it, its ref)
         self.reset_stats()
 
@@ -226,9 +230,33 @@ def _shared_rows(shape: tuple[int, int]) -> tuple[str, np.ndarray] | None:
     folder = "/dev/shm"
     if not os.path.isdir(folder) or shutil.disk_usage(folder).free < 2 * 4 * shape[0] * shape[1]:
         return None
-    fd, path = tempfile.mkstemp(prefix="runner-fl-", suffix=".f32", dir=folder)
+    fd, path = tempfile.mkstemp(prefix=f"runner-fl-{os.getpid()}-", suffix=".f32", dir=folder)
     os.close(fd)
     return path, np.memmap(path, np.float32, "w+", shape=shape)
+
+
+def _remove_orphaned_rows(folder: str = "/dev/shm") -> list[str]:
+    """Delete the shared-memory files of drivers that died inside a call (``kill -9`` skips the ``finally`` that
+    unlinks them): each file names its driver's pid. Returns the paths removed."""
+    removed = []
+    for path in glob.glob(os.path.join(folder, "runner-fl-*-*.f32")):
+        pid = os.path.basename(path).split("-")[2]
+        if not pid.isdigit() or _alive(int(pid)):
+            continue
+        with contextlib.suppress(FileNotFoundError):  # another driver may be cleaning up too
+            os.unlink(path)
+            removed.append(path)
+    return removed
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
 
 
 def _payload(jobs: Sequence[TrainJob]) -> tuple[np.ndarray, list[torch.Tensor]]:

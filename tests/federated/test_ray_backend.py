@@ -106,3 +106,23 @@ def test_shared_rows_need_room_in_dev_shm(monkeypatch):
         assert path.startswith("/dev/shm/") and rows.shape == (10, 100) and not rows.any()
     finally:
         os.unlink(path)
+
+
+def test_orphaned_shared_rows_of_dead_drivers_are_removed(tmp_path):
+    """A driver killed inside a call leaves its file; the next backend removes files whose driver pid is gone and
+    keeps those of live drivers."""
+    import os
+    import subprocess
+    import sys
+
+    from runner.federated import backends
+
+    dead = subprocess.Popen([sys.executable, "-c", "pass"])
+    dead.wait()  # reaped: its pid names no process now
+    orphan = tmp_path / f"runner-fl-{dead.pid}-abc.f32"
+    mine = tmp_path / f"runner-fl-{os.getpid()}-def.f32"
+    other = tmp_path / "something-else.f32"
+    for f in (orphan, mine, other):
+        f.write_bytes(b"\0" * 16)
+    assert backends._remove_orphaned_rows(str(tmp_path)) == [str(orphan)]
+    assert not orphan.exists() and mine.exists() and other.exists()

@@ -311,8 +311,9 @@ class FedSynthConfig(SimulationConfig):
     structured_mask: StructuredMaskOptions = field(default_factory=StructuredMaskOptions)
     baselines: list[str] = field(default_factory=lambda: ["random_mask", "structured_mask"])
     server_lr: MethodServerLR = field(default_factory=lambda: MethodServerLR())
-    # {m: {FedSynth options, and server_lr}}: FedSynth's settings at the budget of m examples, over ``fedsynth``
-    fedsynth_by_budget: dict[int, Any] = field(default_factory=dict)
+    # {"m": {FedSynth options, and server_lr}}: FedSynth's settings at the budget of m examples, over ``fedsynth``;
+    # string keys, so that a command line can set one (algorithm.fedsynth_by_budget.1.server_lr=2)
+    fedsynth_by_budget: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
@@ -330,7 +331,7 @@ class FedSynthConfig(SimulationConfig):
         fields = set(FedSynthOptions.__dataclass_fields__) | {"server_lr"}
         for m, over in a.fedsynth_by_budget.items():
             key = f"algorithm.fedsynth_by_budget.{m}"
-            if not isinstance(m, int) or m < 1 or not set(over) <= fields:  # a size not in synthetic_examples: unused
+            if not m.isdigit() or int(m) < 1 or not set(over) <= fields:  # a size not in synthetic_examples: unused
                 raise ConfigError(f"{key}: the key must be a synthetic-set size m >= 1 and its settings among "
                                   f"{sorted(fields)}")
             if over.get("server_lr", 1.0) <= 0:
@@ -380,7 +381,7 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         runs = {"full": stage("full", None)}
         by_budget: dict[str, dict[str, Any]] = {}
         for m in a.synthetic_examples:
-            over = dict(OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(m, {}))
+            over = dict(OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(str(m), {}))
             fs_lr = over.pop("server_lr", None)
             fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts, **over}, fs_lr)
             k = synthetic_floats(m, math.prod(data.input_shape), data.num_classes, a.fedsynth.learn_lr)  # the budget

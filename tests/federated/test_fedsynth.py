@@ -257,6 +257,11 @@ def test_config_errors():
     with pytest.raises(ConfigError, match="algorithm.fedsynth.init"):
         compose_recipe("fedsynth", ["algorithm.fedsynth.init=zeros"])
     assert OmegaConf.to_container(compose_recipe("fedsynth").algorithm.random_mask) == {"rescale": True}
+    # a budget's settings are reachable from the command line (a Hydra sweep), over the recipe's own
+    by_budget = compose_recipe("fedsynth", ["algorithm.fedsynth_by_budget.1.server_lr=2"]).algorithm.fedsynth_by_budget
+    assert by_budget["1"].server_lr == 2 and by_budget["1"].input_coefficients == 27 and by_budget["3"].server_lr == 1.4
+    with pytest.raises(ConfigError, match="fedsynth_by_budget.one"):
+        compose_recipe("fedsynth", ["+algorithm.fedsynth_by_budget.one.server_lr=2"])
 
 
 def test_fedsynth_under_user_level_dp(tmp_path):

@@ -311,9 +311,11 @@ class FedSynthConfig(SimulationConfig):
     structured_mask: StructuredMaskOptions = field(default_factory=StructuredMaskOptions)
     baselines: list[str] = field(default_factory=lambda: ["random_mask", "structured_mask"])
     server_lr: MethodServerLR = field(default_factory=lambda: MethodServerLR())
-    # {"m": {FedSynth options, and server_lr}}: FedSynth's settings at the budget of m examples, over ``fedsynth``;
-    # string keys, so that a command line can set one (algorithm.fedsynth_by_budget.1.server_lr=2)
+    # Per budget (string keys "m", the synthetic-set size, so that a command line or a sweep can set one, e.g.
+    # algorithm.server_lr_by_budget.1.random_mask=2): {"m": {FedSynth options}} over ``fedsynth``, and
+    # {"m": {method: server lr}} over ``server_lr``
     fedsynth_by_budget: dict[str, Any] = field(default_factory=dict)
+    server_lr_by_budget: dict[str, Any] = field(default_factory=dict)
 
     @staticmethod
     def validate(cfg: DictConfig) -> None:
@@ -328,16 +330,17 @@ class FedSynthConfig(SimulationConfig):
             raise ConfigError(f"algorithm.baselines={list(a.baselines)} must be distinct names of {list(_BASELINES)}")
         if any(v is not None and v <= 0 for v in a.server_lr.values()):
             raise ConfigError(f"algorithm.server_lr={dict(a.server_lr)}: each must be > 0 or null (server.lr)")
-        fields = set(FedSynthOptions.__dataclass_fields__) | {"server_lr"}
-        for m, over in a.fedsynth_by_budget.items():
-            key = f"algorithm.fedsynth_by_budget.{m}"
-            if not m.isdigit() or int(m) < 1 or not set(over) <= fields:  # a size not in synthetic_examples: unused
-                raise ConfigError(f"{key}: the key must be a synthetic-set size m >= 1 and its settings among "
-                                  f"{sorted(fields)}")
-            if over.get("server_lr", 1.0) <= 0:
-                raise ConfigError(f"{key}.server_lr must be > 0")
-            FedSynthOptions.check(OmegaConf.merge(a.fedsynth, {k: v for k, v in over.items() if k != "server_lr"}),
-                                  key)
+        for name, allowed in (("fedsynth_by_budget", set(FedSynthOptions.__dataclass_fields__)),
+                              ("server_lr_by_budget", {"fedsynth", *_BASELINES})):
+            for m, over in a[name].items():  # a size not in synthetic_examples is unused
+                key = f"algorithm.{name}.{m}"
+                if not m.isdigit() or int(m) < 1 or not set(over) <= allowed:
+                    raise ConfigError(f"{key}: the key must be a synthetic-set size m >= 1 and its settings among "
+                                      f"{sorted(allowed)}")
+                if name == "fedsynth_by_budget":
+                    FedSynthOptions.check(OmegaConf.merge(a.fedsynth, over), key)
+                elif any(v <= 0 for v in over.values()):
+                    raise ConfigError(f"{key}={dict(over)}: each server lr must be > 0")
         if cfg.dataset.kind in ("sent140", "shakespeare"):
             raise ConfigError(f"dataset={cfg.dataset.name}: FedSynth learns continuous synthetic inputs, "
                               "and this dataset's inputs are tokens (use an image or feature dataset)")
@@ -381,14 +384,16 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
         runs = {"full": stage("full", None)}
         by_budget: dict[str, dict[str, Any]] = {}
         for m in a.synthetic_examples:
-            over = dict(OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(str(m), {}))
-            fs_lr = over.pop("server_lr", None)
-            fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts, **over}, fs_lr)
+            over = OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(str(m), {})
+            lrs = OmegaConf.to_container(a.server_lr_by_budget, resolve=True).get(str(m), {})
+            fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts, **over},
+                       lrs.get("fedsynth"))
             k = synthetic_floats(m, math.prod(data.input_shape), data.num_classes, a.fedsynth.learn_lr)  # the budget
             runs[f"fedsynth {k} floats"] = fs
             by_budget[str(k)] = {"synthetic_examples": m, "fedsynth": fs}
             for b in baselines:
-                r = stage(f"{b}_k{k}", {"name": b, "floats": k, **OmegaConf.to_container(a[b], resolve=True)})
+                r = stage(f"{b}_k{k}", {"name": b, "floats": k, **OmegaConf.to_container(a[b], resolve=True)},
+                          lrs.get(b))
                 runs[f"{b.replace('_', ' ')} {k} floats"] = by_budget[str(k)][b] = r
     finally:
         exp.close()
@@ -415,7 +420,8 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
                      + markdown_table(rows, ["upload floats", "% of model", "m", *methods]))
     strip = {"history"}
     out = {"num_parameters": num_params, "server_mode": a.server.mode,
-           "server_lr": {m: a.server_lr[m] or a.server.lr for m in ("full", *methods)},
+           "server_lr": {"full": full["server_lr"],  # the ones each run used: {method: {budget floats: lr}}
+                         **{n: {k: b[n]["server_lr"] for k, b in by_budget.items()} for n in methods}},
            "random_mask_rescaled": bool(a.random_mask.rescale),
            "structured_mask_rescaled": bool(a.structured_mask.rescale),
            "full": {k: v for k, v in full.items() if k not in strip},

@@ -258,10 +258,16 @@ def test_config_errors():
         compose_recipe("fedsynth", ["algorithm.fedsynth.init=zeros"])
     assert OmegaConf.to_container(compose_recipe("fedsynth").algorithm.random_mask) == {"rescale": True}
     # a budget's settings are reachable from the command line (a Hydra sweep), over the recipe's own
-    by_budget = compose_recipe("fedsynth", ["algorithm.fedsynth_by_budget.1.server_lr=2"]).algorithm.fedsynth_by_budget
-    assert by_budget["1"].server_lr == 2 and by_budget["1"].input_coefficients == 27 and by_budget["3"].server_lr == 1.4
+    a = compose_recipe("fedsynth", ["algorithm.server_lr_by_budget.1.random_mask=2",
+                                    "+algorithm.fedsynth_by_budget.3.iterations=7"]).algorithm
+    assert a.server_lr_by_budget["1"].random_mask == 2 and a.server_lr_by_budget["1"].fedsynth == 1.4
+    assert a.fedsynth_by_budget["3"].iterations == 7 and a.fedsynth_by_budget["3"].input_coefficients == 27
     with pytest.raises(ConfigError, match="fedsynth_by_budget.one"):
-        compose_recipe("fedsynth", ["+algorithm.fedsynth_by_budget.one.server_lr=2"])
+        compose_recipe("fedsynth", ["+algorithm.fedsynth_by_budget.one.iterations=2"])
+    with pytest.raises(ConfigError, match="server_lr_by_budget.1"):
+        compose_recipe("fedsynth", ["+algorithm.server_lr_by_budget.1.full=2"])
+    with pytest.raises(ConfigError, match="server_lr_by_budget.1"):
+        compose_recipe("fedsynth", ["algorithm.server_lr_by_budget.1.random_mask=-1"])
 
 
 def test_fedsynth_under_user_level_dp(tmp_path):

@@ -339,7 +339,7 @@ class FedSynthConfig(SimulationConfig):
                                       f"{sorted(allowed)}")
                 if name == "fedsynth_by_budget":
                     FedSynthOptions.check(OmegaConf.merge(a.fedsynth, over), key)
-                elif any(v <= 0 for v in over.values()):
+                elif any(v is not None and v <= 0 for v in over.values()):  # null: server_lr
                     raise ConfigError(f"{key}={dict(over)}: each server lr must be > 0")
         if cfg.dataset.kind in ("sent140", "shakespeare"):
             raise ConfigError(f"dataset={cfg.dataset.name}: FedSynth learns continuous synthetic inputs, "

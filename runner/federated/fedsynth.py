@@ -383,9 +383,10 @@ def run_fedsynth(cfg: DictConfig, ctx: RunContext) -> dict[str, Any]:
     try:
         runs = {"full": stage("full", None)}
         by_budget: dict[str, dict[str, Any]] = {}
+        set_by_budget, lr_by_budget = (OmegaConf.to_container(a[n], resolve=True)
+                                       for n in ("fedsynth_by_budget", "server_lr_by_budget"))
         for m in a.synthetic_examples:
-            over = OmegaConf.to_container(a.fedsynth_by_budget, resolve=True).get(str(m), {})
-            lrs = OmegaConf.to_container(a.server_lr_by_budget, resolve=True).get(str(m), {})
+            over, lrs = set_by_budget.get(str(m), {}), lr_by_budget.get(str(m), {})
             fs = stage(f"fedsynth_m{m}", {"name": "fedsynth", "examples": m, **fedsynth_opts, **over},
                        lrs.get("fedsynth"))
             k = synthetic_floats(m, math.prod(data.input_shape), data.num_classes, a.fedsynth.learn_lr)  # the budget

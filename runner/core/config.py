@@ -9,6 +9,7 @@ across fields live in ``validate``. Every failure is a ``ConfigError`` with a on
 from __future__ import annotations
 
 import dataclasses
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -172,6 +173,9 @@ def _bind(node: Any, schema: type, prefix: str) -> DictConfig:
         msg = str(getattr(e, "msg", None) or e).splitlines()[0]
         if "not in" in msg or "Key '" in msg and "not" in msg:
             raise ConfigError(f"unknown key {key}: allowed keys are {_allowed_keys(schema)}") from None
+        if re.search(r"Key \S+ \((int|float|bool)\) is incompatible with \(str\)", msg):
+            msg += ("; this mapping has string keys: quote the key in YAML ('1': not 1:), and on the command line "
+                    "set it by a dotted key (group.map.1.field=value)")
         raise ConfigError(f"bad value for {key}: {msg}") from None
 
 

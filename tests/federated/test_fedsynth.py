@@ -256,6 +256,7 @@ def test_femnist_recipe_reads_leaf_files_and_runs(tmp_path):
     ("+algorithm.fedsynth_by_budget.one.iterations=2", "fedsynth_by_budget.one"),
     ("+algorithm.server_lr_by_budget.1.full=2", "server_lr_by_budget.1"),
     ("algorithm.server_lr_by_budget.1.random_mask=-1", "server_lr_by_budget.1"),
+    ("algorithm.server_lr_by_budget={1:{fedsynth:2}}", r"server_lr_by_budget\.1: .*quote the key in YAML \('1': not"),
 ])
 def test_config_errors(override, match):
     with pytest.raises(ConfigError, match=match):

@@ -1,6 +1,6 @@
 """WaltzRL learns: on a reduced toy world, the two RL stages make the collaborative system (both agents
 deployed) less unsafe than the same agents before RL (``untrained_collaboration``), and the feedback agent is
-triggered less often. With a broken learner (a learning rate of ~0, no RL steps) the trained agents are the
+triggered less often. With a broken learner (checked: a learning rate of ~0) the trained agents are the
 untrained ones, their evaluation is identical (same sampling seeds), and both strict margins fail."""
 
 from __future__ import annotations
